@@ -1,0 +1,45 @@
+# cxrbench: raw downloads -> prepared datasets -> pretrained encoders -> downstream matrix -> report.
+# Targets come from one pure function (cxrbench.matrix) over params.yaml; all logic lives in src/cxrbench.
+# Run:  snakemake --cores all [--use-conda]      SLURM:  snakemake --profile workflow/profiles/slurm
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    data,
+    pretrain_all,
+    evaluate_all,
+
+
+rule all:
+    default_target: True
+    input:
+        TARGETS["report"],
+
+
+rule data:
+    input:
+        TARGETS["data"],
+
+
+rule pretrain_all:
+    input:
+        TARGETS["pretrain"],
+
+
+rule evaluate_all:
+    input:
+        TARGETS["evaluate"],
+
+
+onsuccess:
+    sync_dvc()

@@ -1,0 +1,98 @@
+"""The experiment matrix as one pure function of the parameters.
+
+Snakemake's target lists, DVC's stage outputs and the report all come from here, so they can never disagree on what the
+pipeline produces. Nothing here imports torch or touches the disk: the Snakefile calls it at parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One downstream run: method x task x dataset x fraction x seed."""
+
+    method: str
+    task: str
+    dataset: str
+    fraction: int
+    seed: int
+
+    def directory(self, runs_root: str) -> str:
+        return str(PurePosixPath(runs_root, self.method, self.task, self.dataset, f"f{self.fraction}", f"s{self.seed}"))
+
+    def metrics_path(self, runs_root: str) -> str:
+        return str(PurePosixPath(self.directory(runs_root), "metrics.json"))
+
+
+def runs(params: Mapping[str, Any]) -> list[Run]:
+    """Every run of the matrix, sorted. A task section may narrow ``fractions`` / ``seeds`` (zero-shot tasks train
+    nothing, so they run at fraction 100 with one seed)."""
+    matrix = params["matrix"]
+    out = []
+    for task in matrix["tasks"]:
+        section = params["evaluate"]["tasks"][task]
+        fractions = section.get("fractions", matrix["fractions"])
+        seeds = section.get("seeds", matrix["seeds"])
+        for method in matrix["methods"]:
+            for dataset in section["datasets"]:
+                out += [Run(method, task, dataset, int(f), int(s)) for f in fractions for s in seeds]
+    return sorted(set(out))
+
+
+def datasets(params: Mapping[str, Any]) -> list[str]:
+    """Datasets that must be prepared: the pretraining corpus and every dataset a task of the matrix uses."""
+    needed = {params["pretrain"]["dataset"]}
+    for task in params["matrix"]["tasks"]:
+        needed |= set(params["evaluate"]["tasks"][task]["datasets"])
+    needed |= {dep for ds in list(needed) for dep in params["data"]["datasets"][ds].get("needs", [])}
+    return sorted(needed)
+
+
+def synthetic_datasets(params: Mapping[str, Any]) -> list[str]:
+    """Datasets the synthetic generator writes (all those needed whose raw dir is the synthetic one)."""
+    if not params["synthetic"]["enabled"]:
+        return []
+    return datasets(params)
+
+
+def paths(params: Mapping[str, Any]) -> dict[str, str]:
+    return dict(params["paths"])
+
+
+def prepared_dir(params: Mapping[str, Any], dataset: str) -> str:
+    return str(PurePosixPath(params["paths"]["prepared"], dataset))
+
+
+def raw_dir(params: Mapping[str, Any], dataset: str) -> str:
+    return str(params["data"]["datasets"][dataset]["raw"])
+
+
+def checkpoint_dir(params: Mapping[str, Any], method: str) -> str:
+    return str(PurePosixPath(params["paths"]["checkpoints"], method))
+
+
+def report_files(params: Mapping[str, Any]) -> dict[str, str]:
+    root = params["paths"]["report"]
+    names = {"table_csv": "table.csv", "table_md": "table.md", "summary": "summary.json", "figure": "figure.png",
+             "runs_csv": "runs.csv", "curves": "pretrain_curves.csv"}
+    return {k: str(PurePosixPath(root, v)) for k, v in names.items()}
+
+
+def targets(params: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Final targets per phase (what ``snakemake <phase>`` and the DVC stage of that phase produce)."""
+    root = params["paths"]["runs"]
+    return {
+        "data": [prepared_dir(params, d) for d in datasets(params)],
+        "pretrain": [checkpoint_dir(params, m) for m in params["matrix"]["methods"]],
+        "evaluate": [r.metrics_path(root) for r in runs(params)],
+        "report": sorted(report_files(params).values()),
+    }
+
+
+def all_targets(params: Mapping[str, Any]) -> list[str]:
+    return [t for phase in targets(params).values() for t in phase]

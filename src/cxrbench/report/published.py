@@ -1,0 +1,72 @@
+"""The published numbers the project carries (with their sources), and how reproduced runs map onto their rows.
+
+``resources/published/g2d_neurips2024.csv`` holds every number of the G2D camera-ready tables; ``other_sources.csv``
+M-FLAG numbers reported elsewhere. RAD-DINO's tables are not entered yet: its rows show "not yet entered" and a user adds
+them to a CSV of the same columns (``table,task,dataset,metric,method,fraction_pct,value,source``) passed as
+``report.published_extra``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+BUILTIN = ("g2d_neurips2024.csv", "other_sources.csv")
+
+#: cxrbench method name -> the method's name in the papers' tables
+METHOD_NAMES = {
+    "random": "Random Init", "imagenet": "ImageNet Init", "convirt": "ConVIRT", "g2d": "G2D", "mflag": "M-FLAG",
+    "raddino": "RAD-DINO",
+}
+#: where a paper names the method differently for one task (G2D's frozen-encoder vs encoder-decoder segmentation)
+METHOD_TASK_NAMES = {("g2d", "segmentation"): "G2D (encoder)", ("g2d", "segmentation_ed"): "G2D (encoder-decoder)"}
+TASK_NAMES = {
+    "linear": "linear classification", "finetune": "fine-tuned classification", "segmentation": "segmentation",
+    "segmentation_ed": "segmentation", "detection": "detection", "zeroshot": "zero-shot classification", "grounding": "zero-shot grounding",
+}
+DATASET_NAMES = {
+    "chexpert": "CheXpert", "rsna": "RSNA", "covidx": "COVIDx", "nih": "ChestX-ray14", "siim": "SIIM",
+    "object_cxr": "Object-CXR", "ms_cxr": "MS-CXR",
+}
+#: reproduced metric key (metrics.json) -> published metric name; the reference forms are what the papers measured
+METRIC_NAMES = {
+    "AUROC": "AUROC", "ACC": "ACC", "F1": "F1", "Dice@reference": "Dice", "mAP@reference": "mAP",
+    "Recall": "Recall", "IoU": "IoU", "Dice": "Dice",
+}
+
+
+def load_published(extra: Iterable[str | Path] = ()) -> pd.DataFrame:
+    """All published rows: the built-in tables plus any user CSVs of the same columns."""
+    folder = resources.files("cxrbench.resources").joinpath("published")
+    frames = [pd.read_csv(folder.joinpath(name).open(), dtype={"fraction_pct": "string"}) for name in BUILTIN]
+    frames += [pd.read_csv(path, dtype={"fraction_pct": "string"}) for path in extra]
+    table = pd.concat(frames, ignore_index=True)
+    table["value_num"] = pd.to_numeric(table["value"], errors="coerce")
+    return table
+
+
+def published_for(table: pd.DataFrame, method: str, task: str, dataset: str, metric: str, fraction: int) -> dict:
+    """The published row matching one reproduced cell: {"published": value or note, "source": ...}.
+
+    Zero-shot rows carry no fraction in the papers; trained tasks match on the fraction. A method with no published
+    row at all (RAD-DINO here) says "not yet entered", a method whose paper lacks this cell says "not reported".
+    """
+    name = METHOD_NAMES.get(method)
+    if name is None or not (table["method"] == name).any():
+        return {"published": "not yet entered", "source": ""}
+    name = METHOD_TASK_NAMES.get((method, task), name)
+    rows = table[
+        (table["method"] == name)
+        & (table["task"] == TASK_NAMES.get(task))
+        & (table["dataset"] == DATASET_NAMES.get(dataset))
+        & (table["metric"] == METRIC_NAMES.get(metric, metric))
+    ]
+    if task not in ("zeroshot", "grounding"):
+        rows = rows[rows["fraction_pct"] == str(fraction)]
+    if rows.empty:
+        return {"published": "not reported", "source": ""}
+    row = rows.iloc[0]
+    return {"published": row["value"], "source": f"{row['table']}: {row['source']}"}

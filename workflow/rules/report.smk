@@ -1,0 +1,20 @@
+rule report:
+    input:
+        runs=TARGETS["evaluate"],
+        curves=TARGETS["pretrain"],
+    output:
+        TARGETS["report"],
+    log:
+        f"{LOGS}/report.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        cfg=as_arg(
+            {k: PARAMS[k] for k in ("matrix", "evaluate", "paths", "report", "scale")}
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench report --resolved {params.cfg} > {log} 2>&1"
