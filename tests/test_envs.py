@@ -1,8 +1,8 @@
 """The pinned conda env of the rules stays consistent with pyproject.toml."""
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 

@@ -62,7 +62,8 @@ def _check_cross_references(params: Mapping[str, Any], source: str) -> None:
                     f"{source}: key 'evaluate.tasks.{task}.datasets' names {ds!r}, not in 'data.datasets'"
                 )
     if params["pretrain"]["dataset"] not in datasets:
-        raise ParamsError(f"{source}: key 'pretrain.dataset' is {params['pretrain']['dataset']!r}, not in 'data.datasets'")
+        name = params["pretrain"]["dataset"]
+        raise ParamsError(f"{source}: key 'pretrain.dataset' is {name!r}, not in 'data.datasets'")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict[str, Any]:

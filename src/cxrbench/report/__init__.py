@@ -78,9 +78,11 @@ def table(summary: pd.DataFrame, long: pd.DataFrame, published: pd.DataFrame) ->
         })
     na = long[long["status"] == "not_applicable"].drop_duplicates(["method", "task", "dataset"])
     for rec in na.to_dict("records"):
-        rows.append({"task": rec["task"], "dataset": rec["dataset"], "metric": primary_metric(rec["task"], rec["dataset"]),
-                     "fraction_pct": rec["fraction"], "method": rec["method"], "reproduced": None,
-                     "published": "", "source": f"not applicable: {rec['reason']}"})
+        rows.append({
+            "task": rec["task"], "dataset": rec["dataset"], "metric": primary_metric(rec["task"], rec["dataset"]),
+            "fraction_pct": rec["fraction"], "method": rec["method"], "reproduced": None,
+            "published": "", "source": f"not applicable: {rec['reason']}",
+        })
     return pd.DataFrame(rows)
 
 
@@ -122,8 +124,8 @@ def figure(summary: pd.DataFrame):
     matplotlib.use("Agg")
     import seaborn as sns
 
-    data = summary[[m == primary_metric(t, d) for t, d, m in zip(summary.task, summary.dataset, summary.metric,
-                                                                   strict=True)]].copy()
+    keep = [m == primary_metric(t, d) for t, d, m in zip(summary.task, summary.dataset, summary.metric, strict=True)]
+    data = summary[keep].copy()
     data["panel"] = data["task"] + " / " + data["dataset"] + " (" + data["metric"] + ")"
     data["value"] = 100.0 * data["mean"]
     grid = sns.relplot(data=data, x="fraction", y="value", hue="method", col="panel", col_wrap=4, kind="line",

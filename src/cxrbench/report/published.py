@@ -1,4 +1,4 @@
-"""The published numbers the project carries (with their sources), and how reproduced runs map onto their rows.
+"""The published numbers the project carries (with their sources), and how reproduced runs map onto them.
 
 ``resources/published/g2d_neurips2024.csv`` holds every number of the G2D camera-ready tables; ``other_sources.csv``
 M-FLAG numbers reported elsewhere. RAD-DINO's tables are not entered yet: its rows show "not yet entered" and a user adds
@@ -22,7 +22,10 @@ METHOD_NAMES = {
     "raddino": "RAD-DINO",
 }
 #: where a paper names the method differently for one task (G2D's frozen-encoder vs encoder-decoder segmentation)
-METHOD_TASK_NAMES = {("g2d", "segmentation"): "G2D (encoder)", ("g2d", "segmentation_ed"): "G2D (encoder-decoder)"}
+METHOD_TASK_NAMES = {
+    ("g2d", "segmentation"): "G2D (encoder)",
+    ("g2d", "segmentation_ed"): "G2D (encoder-decoder)",
+}
 TASK_NAMES = {
     "linear": "linear classification", "finetune": "fine-tuned classification", "segmentation": "segmentation",
     "segmentation_ed": "segmentation", "detection": "detection", "zeroshot": "zero-shot classification", "grounding": "zero-shot grounding",

@@ -1,0 +1,79 @@
+"""The whole DAG on the CI matrix under Snakemake and DVC, sharing one working tree (slow: `make test-slow`).
+
+One test walks the life of a project: a Snakemake run from a clean checkout, the two tools agreeing that nothing is
+left to do, a forced rerun giving identical metrics (same seed, same machine), a parameter change reproduced by DVC,
+`dvc metrics diff` / `dvc params diff` showing it, and again nothing left to do for either tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+COPY = ["Snakefile", "dvc.yaml", "params.yaml", "pyproject.toml", "workflow", "src"]
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+    return out.stdout + out.stderr
+
+
+def nothing_to_do(cwd: Path) -> None:
+    assert "Nothing to be done" in sh(cwd, "snakemake", "-n", "--cores", "2"), "snakemake -n still has work"
+    status = sh(cwd, "dvc", "status")
+    assert "up to date" in status, f"dvc status is not clean:\n{status}"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("project")
+    for name in COPY:
+        src = root / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name, **(
+            {"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if src.is_dir() else {}))
+    sh(work, sys.executable, "-m", "cxrbench", "use-params", "workflow/params/ci.yaml")
+    sh(work, "git", "init", "-q")
+    sh(work, "git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-q", "--allow-empty", "-m", "0")
+    sh(work, "dvc", "init", "-q")
+    sh(work, "dvc", "config", "core.autostage", "true")
+    return work
+
+
+def test_snakemake_then_dvc_share_one_tree(project):
+    sh(project, "snakemake", "--cores", "2")
+    summary = project / "results" / "report" / "summary.json"
+    first = json.loads(summary.read_text())
+    assert first["linear"]["rsna"]["convirt"]["f100"] > 0
+    nothing_to_do(project)  # the onsuccess handler recorded the phases in dvc.lock
+
+    # same seed, same machine: rerunning pretraining and everything after it gives identical metrics
+    sh(project, "snakemake", "--cores", "2", "--forcerun", "pretrain")
+    assert json.loads(summary.read_text()) == first
+    nothing_to_do(project)
+
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    sh(project, "git", "add", "-A")
+    sh(project, *git, "commit", "-q", "-m", "first run")
+
+    # a parameter change, reproduced by DVC (which runs Snakemake on the stale phases)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["engine"]["epochs"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(project, "dvc", "repro")
+    assert "evaluate.engine.epochs" in sh(project, "dvc", "params", "diff")
+    diff = sh(project, "dvc", "metrics", "diff", "--all")
+    assert "summary.json" in diff and "linear.rsna.convirt.f100" in diff
+    nothing_to_do(project)
