@@ -97,8 +97,9 @@ def markdown(tab: pd.DataFrame, scale: str) -> str:
     lines = [
         "# cxrbench results", "",
         f"Scale: **{scale}**. Reproduced values are percentages (mean over seeds; sd when n > 1). Segmentation and",
-        "detection use the *reference* metric forms (MGCA's Dice and mAP quirks) to match the published column; the",
-        "strict forms are in `runs.csv`. Zero-shot F1/ACC use the max-F1 threshold chosen on the test set, as published.",
+        "detection use the *reference* metric forms (MGCA's Dice and mAP quirks) to match the published column;",
+        "the strict forms are in `runs.csv`. Zero-shot F1/ACC use the max-F1 threshold chosen on the test set,",
+        "as published.",
         "",
     ]
     for task, part in tab.groupby("task", sort=False):

@@ -1,8 +1,8 @@
 """The published numbers the project carries (with their sources), and how reproduced runs map onto them.
 
 ``resources/published/g2d_neurips2024.csv`` holds every number of the G2D camera-ready tables; ``other_sources.csv``
-M-FLAG numbers reported elsewhere. RAD-DINO's tables are not entered yet: its rows show "not yet entered" and a user adds
-them to a CSV of the same columns (``table,task,dataset,metric,method,fraction_pct,value,source``) passed as
+M-FLAG numbers reported elsewhere. RAD-DINO's tables are not entered yet: its rows show "not yet entered" and a user
+adds them to a CSV of the same columns (``table,task,dataset,metric,method,fraction_pct,value,source``) passed as
 ``report.published_extra``.
 """
 
@@ -28,7 +28,8 @@ METHOD_TASK_NAMES = {
 }
 TASK_NAMES = {
     "linear": "linear classification", "finetune": "fine-tuned classification", "segmentation": "segmentation",
-    "segmentation_ed": "segmentation", "detection": "detection", "zeroshot": "zero-shot classification", "grounding": "zero-shot grounding",
+    "segmentation_ed": "segmentation",
+    "detection": "detection", "zeroshot": "zero-shot classification", "grounding": "zero-shot grounding",
 }
 DATASET_NAMES = {
     "chexpert": "CheXpert", "rsna": "RSNA", "covidx": "COVIDx", "nih": "ChestX-ray14", "siim": "SIIM",
