@@ -1,0 +1,118 @@
+"""Helpers shared by the dataset readers: checked CSV reading, label parsing, duplicate checks, index
+assembly.
+
+Conventions: "line N" in messages is the 1-based line of the file (the header is line 1). With ``skip_bad``
+a bad
+row is dropped and listed in ``skipped`` as {"file", "line", "id", "reason"} instead of raising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.data.formats._base import RAW_COLUMNS, DataFormatError, DatasetFormat
+
+
+def find_file(fmt: DatasetFormat, raw_dir: Path, name: str) -> Path:
+    """``raw_dir/name`` or ``raw_dir/name.gz``, whichever exists; else FileNotFoundError with the download "
+    "hint."""
+    for cand in (Path(raw_dir) / name, Path(raw_dir) / f"{name}.gz"):
+        if cand.exists():
+            return cand
+    return fmt.require(raw_dir, name)[0]
+
+
+def read_csv(path: Path, required: Sequence[str], *, strip_names: bool = False, **kw: Any) -> pd.DataFrame:
+    """A CSV (plain or .gz) as strings (blank = ""), checking that every ``required`` column exists."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **kw)
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+        raise DataFormatError(f"{path}: cannot be parsed as CSV ({err})") from err
+    if strip_names:
+        df.columns = [str(c).strip() for c in df.columns]
+    check_columns(df, required, path)
+    return df
+
+
+def check_columns(df: pd.DataFrame, required: Iterable[str], path: Path) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataFormatError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+class BadRows:
+    """Collects bad rows of one file: raises at once, or (``skip_bad``) remembers them for ``drop``."""
+
+    def __init__(self, path: Path, skip_bad: bool, skipped: list[dict[str, Any]], first_line: int = 2) -> None:
+        self.path, self.skip_bad, self.skipped, self.first_line = path, skip_bad, skipped, first_line
+        self.rows: set[int] = set()
+
+    def bad(self, pos: int, reason: str, ident: str | None = None) -> None:
+        """Row at 0-based data position ``pos`` is bad for ``reason``."""
+        line = pos + self.first_line
+        if not self.skip_bad:
+            raise DataFormatError(f"{self.path}: line {line}: {reason}")
+        self.rows.add(pos)
+        self.skipped.append({"file": str(self.path), "line": line, "id": ident, "reason": reason})
+
+    def drop(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` (positional rows 0..n-1) without the bad rows."""
+        keep = np.ones(len(df), dtype=bool)
+        keep[list(self.rows)] = False
+        return df[keep]
+
+
+def parse_labels(
+    df: pd.DataFrame, columns: Sequence[str], bad: BadRows, allowed: Sequence[float], ids: pd.Series
+) -> pd.DataFrame:
+    """Float labels of ``columns`` (blank -> NaN); a value outside ``allowed`` is reported to ``bad``."""
+    out = {}
+    for col in columns:
+        raw = df[col].astype(str).str.strip()
+        num = pd.to_numeric(raw, errors="coerce")
+        wrong = (raw != "") & ~num.isin(list(allowed))
+        for pos in np.flatnonzero(wrong.to_numpy()):
+            bad.bad(
+                int(pos),
+                f"column {col!r}: value {raw.iloc[pos]!r} not in {sorted(allowed)} or blank",
+                str(ids.iloc[pos]),
+            )
+        out[col] = num.where(~wrong).astype(float).to_numpy()
+    return pd.DataFrame(out, index=df.index)
+
+
+def check_unique(ids: pd.Series, bad: BadRows, what: str = "image id") -> None:
+    """Duplicated ids are an error naming them (or, with skip_bad, all but the first are reported as bad)."""
+    dup = ids.duplicated(keep="first").to_numpy()
+    if not dup.any():
+        return
+    names = sorted(set(ids[dup].astype(str)))
+    if not bad.skip_bad:
+        shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+        raise DataFormatError(f"{bad.path}: duplicated {what}(s): {shown}")
+    for pos in np.flatnonzero(dup):
+        bad.bad(int(pos), f"duplicated {what} {ids.iloc[pos]!r}", str(ids.iloc[pos]))
+
+
+def empty_lists(n: int) -> list[list]:
+    return [[] for _ in range(n)]
+
+
+def make_index(columns: dict[str, Any], label_names: Sequence[str], n: int) -> pd.DataFrame:
+    """A raw index with every RAW_COLUMN (defaults: None / empty lists) and every label column (NaN "
+    "default)."""
+    data = dict(columns)
+    for col in RAW_COLUMNS:
+        if col not in data:
+            data[col] = empty_lists(n) if col in ("boxes", "shapes") else [None] * n
+    for name in label_names:
+        data.setdefault(name, np.full(n, np.nan))
+    order = list(RAW_COLUMNS) + list(label_names)
+    df = pd.DataFrame({k: (list(v) if not isinstance(v, np.ndarray) else v) for k, v in data.items()})
+    extras = [c for c in df.columns if c not in order]
+    return df[order + extras].reset_index(drop=True)

@@ -1,0 +1,134 @@
+"""Object-CXR (MIDL 2020 foreign objects): ``train.csv`` / ``dev.csv`` (``image_name,annotation``) +
+``train/#####.jpg``, ``dev/#####.jpg``.
+
+An annotation is empty (negative) or objects separated by ``;``, each ``TYPE c1 c2 ...`` with integer pixels:
+``0 x1 y1 x2 y2`` rectangle, ``1 x1 y1 x2 y2`` ellipse (by its bounding box), ``2 x1 y1 ... xn yn`` polygon.
+Every object becomes a bounding box (xyxy) in ``boxes`` and a shape in ``shapes``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from cxrbench.data.formats._base import DatasetFormat, ReadResult
+from cxrbench.data.formats._util import BadRows, check_unique, make_index, read_csv
+from cxrbench.registry import DATASETS
+
+TYPES = {0: "rect", 1: "ellipse", 2: "polygon"}
+
+
+def parse_annotation(text: str) -> tuple[list[list[float]], list[dict[str, Any]]]:
+    """(boxes xyxy, shapes) of one annotation string; ``ValueError`` naming the bad object otherwise."""
+    boxes, shapes = [], []
+    for k, obj in enumerate(p.strip() for p in text.split(";")):
+        if not obj:
+            continue
+        try:
+            values = [int(v) for v in obj.split()]
+        except ValueError:
+            raise ValueError(f"object {k} {obj!r}: coordinates must be integers") from None
+        kind, coords = TYPES.get(values[0]), values[1:]
+        if kind is None:
+            raise ValueError(f"object {k} {obj!r}: type {values[0]} not in 0 (rect), 1 (ellipse), 2 (polygon)")
+        if kind != "polygon" and len(coords) != 4:
+            raise ValueError(f"object {k} {obj!r}: a {kind} needs 4 coordinates x1 y1 x2 y2, got {len(coords)}")
+        if kind == "polygon" and (len(coords) < 6 or len(coords) % 2):
+            raise ValueError(f"object {k} {obj!r}: a polygon needs an even number (>= 6) of coordinates")
+        if min(coords) < 0:
+            raise ValueError(f"object {k} {obj!r}: negative coordinate")
+        xs, ys = coords[0::2], coords[1::2]
+        box = [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"object {k} {obj!r}: empty box {box}")
+        boxes.append(box)
+        shapes.append(
+            {"type": kind, "xy": [float(c) for c in coords]} if kind == "polygon" else {"type": kind, "xyxy": box}
+        )
+    return boxes, shapes
+
+
+@DATASETS.register("object_cxr")
+class ObjectCXR(DatasetFormat):
+    name = "object_cxr"
+    title = "Object-CXR (MIDL 2020)"
+    label_names = ("Foreign object",)
+    label_kind = "multilabel"
+    has_boxes = True
+    has_masks = True
+    paper_split_sizes = (6400, 1600, 1000)
+    download_hint = (
+        "Download the object-CXR challenge data and put train.csv, dev.csv, train/ and dev/ in the raw "
+        "directory "
+        "(params key data.datasets.object_cxr.raw)."
+    )
+
+    def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
+        files = self.require(raw_dir, "train.csv", "dev.csv")
+        skipped: list[dict[str, Any]] = []
+        parts = [
+            self._read(p, folder, bool(options.get("skip_bad", False)), skipped)
+            for p, folder in zip(files, ("train", "dev"), strict=True)
+        ]
+        frame = pd.concat(parts, ignore_index=True)
+        bad = BadRows(Path(raw_dir) / "train.csv + dev.csv", bool(options.get("skip_bad", False)), skipped)
+        check_unique(frame["image_id"], bad)
+        frame = bad.drop(frame)
+        index = make_index({c: frame[c] for c in frame.columns}, self.label_names, len(frame))
+        counts = {
+            "images": len(index),
+            "positive": int(index["Foreign object"].sum()),
+            "objects": int(index["boxes"].map(len).sum()),
+            "skipped": len(skipped),
+        }
+        return ReadResult(index, skipped, counts)
+
+    @staticmethod
+    def _read(path: Path, folder: str, skip_bad: bool, skipped: list) -> pd.DataFrame:
+        df = read_csv(path, ["image_name", "annotation"])
+        bad = BadRows(path, skip_bad, skipped)
+        rows = []
+        for pos, (name, ann) in enumerate(zip(df["image_name"].str.strip(), df["annotation"], strict=True)):
+            try:
+                boxes, shapes = parse_annotation(ann)
+            except ValueError as err:
+                bad.bad(pos, f"image {name!r}, column 'annotation': {err}", name)
+                continue
+            rows.append(
+                {
+                    "image_id": name,
+                    "path": f"{folder}/{name}",
+                    "boxes": boxes,
+                    "shapes": shapes,
+                    "official_split": "train" if folder == "train" else "test",
+                    "order": pos,
+                    "Foreign object": float(bool(boxes)),
+                }
+            )
+        return pd.DataFrame(
+            rows, columns=["image_id", "path", "boxes", "shapes", "official_split", "order", "Foreign object"]
+        )
+
+    def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
+        """dev.csv = test; rows of train.csv in file order: ``train_test_split(rows, test_size=0.2,
+        random_state=0)`` -> (train, valid). ``options["test_size"]`` (the released benchmark code used
+        0.1)."""
+        split = pd.Series(
+            np.where(index["official_split"] == "test", "test", None),
+            index=index.index,
+            dtype=object,
+            name="split",
+        )
+        train = index[index["official_split"] == "train"].sort_values("order").index.to_list()
+        if train:
+            tr, va = train_test_split(
+                train,
+                test_size=options.get("test_size") or 0.2,
+                random_state=int(options.get("random_state", 0)),
+            )
+            split[tr], split[va] = "train", "valid"
+        return split
