@@ -62,6 +62,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         Path(args.out), seed=syn["seed"], sizes=syn["sizes"], image_size=syn["image_size"],
         datasets=args.datasets or None,
     )
+    marker = Path(args.out) / "SYNTHETIC.json"  # what the workflow depends on: written last, atomically
+    tmp = marker.with_suffix(".json.tmp")
+    tmp.write_text(config.dumps(summary))
+    tmp.replace(marker)
     print(config.dumps(summary))
     return 0
 
