@@ -1,0 +1,103 @@
+"""Entry point: generate every synthetic dataset in its real download layout under ``out_root/<name>/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .layouts_kaggle import write_rsna, write_siim
+from .layouts_mimic import write_mimic, write_ms_cxr
+from .layouts_other import write_covidx, write_object_cxr
+from .layouts_public import COMPETITION, NIH_NAMES, write_chexpert, write_nih
+
+#: demo sizes: MIMIC = patients (1-3 studies each, ~1.5 images per study), the others = images (MS-CXR: annotated
+#: MIMIC images). All eight at 256 px take well under 30 s on one core.
+DEFAULT_SIZES: dict[str, int] = {"mimic": 300, "chexpert": 500, "nih": 500, "rsna": 300, "siim": 300, "covidx": 400,
+                                 "object_cxr": 360, "ms_cxr": 60}
+DATASET_NAMES = tuple(DEFAULT_SIZES)
+
+
+def _rle_encoder() -> Callable:
+    from cxrbench.data.rle import rle_encode
+
+    return rle_encode
+
+
+def _writer(name: str, sizes: dict[str, int]) -> Callable[[Path, int, int, int], dict]:
+    if name == "ms_cxr":
+        return lambda out, seed, n, size: write_ms_cxr(out, seed, n, size, sizes["mimic"])
+    if name == "siim":
+        return lambda out, seed, n, size: write_siim(out, seed, n, size, _rle_encoder())
+    return {"mimic": write_mimic, "chexpert": write_chexpert, "nih": write_nih, "rsna": write_rsna,
+            "covidx": write_covidx, "object_cxr": write_object_cxr}[name]
+
+
+def _atomic(out_root: Path, name: str, work: Callable[[Path], dict]) -> dict:
+    """Run ``work`` on a temporary sibling directory, then move it to ``out_root/name`` (replacing an old one)."""
+    final, tmp, old = out_root / name, out_root / f".{name}.tmp-{os.getpid()}", out_root / f".{name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        summary = work(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return summary
+
+
+def disease_counts(summary: dict[str, dict]) -> dict[str, int]:
+    """Positive images per disease of the protocol's 25 (keys ``<dataset>/<label>``) for the generated datasets."""
+    out: dict[str, int] = {}
+    if "nih" in summary:
+        out.update({f"nih/{x}": summary["nih"]["positives"].get(x, 0) for x in NIH_NAMES.values()})
+    if "chexpert" in summary:
+        out.update({f"chexpert/{x}": summary["chexpert"]["positives"].get(x, 0) for x in COMPETITION.values()})
+    if "rsna" in summary:
+        out["rsna/Pneumonia"] = summary["rsna"]["positive"]
+    if "siim" in summary:
+        out["siim/Pneumothorax"] = summary["siim"]["positive"]
+    if "covidx" in summary:
+        for cls in ("normal", "pneumonia", "COVID-19"):
+            out[f"covidx/{cls}"] = sum(v for k, v in summary["covidx"]["classes"].items() if k.endswith("/" + cls))
+    if "object_cxr" in summary:
+        out["object_cxr/Foreign object"] = summary["object_cxr"]["positive"]
+    return out
+
+
+def generate(out_root: Path, *, seed: int = 0, sizes: dict[str, int] | None = None, image_size: int = 256,
+             datasets: Sequence[str] | None = None) -> dict:
+    """Write the synthetic datasets under ``out_root/<name>/`` in their real download layouts.
+
+    ``sizes`` overrides ``DEFAULT_SIZES`` per dataset (MIMIC: patients; others: images). ``ms_cxr`` boxes refer to the
+    MIMIC corpus of the same seed, ``sizes["mimic"]`` and ``image_size`` (generate ``mimic`` too to have its images).
+    Output is byte-identical for identical arguments. Returns ``{"seed", "image_size", "sizes", "datasets":
+    {name: counts}, "diseases": {"<dataset>/<label>": positives}, "planted_phi": {name: [identifiers]},
+    "seconds": {name: s}}``; planted identifiers must never reach a prepared store.
+    """
+    if image_size < 32:
+        raise ValueError(f"image_size={image_size}: expected at least 32 pixels")
+    full = {**DEFAULT_SIZES, **(sizes or {})}
+    names = list(datasets or DATASET_NAMES)
+    unknown = [n for n in names if n not in DEFAULT_SIZES]
+    if unknown:
+        raise ValueError(f"unknown synthetic dataset(s) {unknown}; expected some of {list(DATASET_NAMES)}")
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    result: dict = {"seed": seed, "image_size": image_size, "sizes": {n: full[n] for n in names}, "datasets": {},
+                    "planted_phi": {}, "seconds": {}}
+    for name in names:
+        t0 = time.perf_counter()
+        write = _writer(name, full)
+        summary = _atomic(out_root, name, lambda d, w=write, n=name: w(d, seed, full[n], image_size))
+        result["planted_phi"][name] = summary.pop("planted_phi", [])
+        result["datasets"][name] = summary
+        result["seconds"][name] = round(time.perf_counter() - t0, 3)
+    result["diseases"] = disease_counts(result["datasets"])
+    return result
