@@ -1,0 +1,376 @@
+"""The prepared store: what ``cxrbench.data.prepare`` writes and training reads (fast, memory-mapped).
+
+Layout of a store directory (e.g. ``data/prepared/<name>/``)::
+
+    manifest.parquet    one row per image: row (index into images.npy), image_id, split (train/valid/test),
+                        patient_hash (salted sha256 prefix; absent with patient_ids="drop"), one float32
+                        column per label (1 / 0 / NaN), boxes (list of xyxy in store pixels), has_mask (the
+                        mask has a positive pixel), text (if any), frac_<pct> (bool, training fraction
+                        membership), orig_h, orig_w, scale, pad_x, pad_y (store = original * scale + pad),
+                        official_split, reader extras.
+    images.npy          uint8 (N, S, S), see ``cxrbench.data.images`` for the resize/padding geometry.
+    masks.npy           uint8 (N, S, S) with values {0, 1} (datasets with masks, or RSNA boxes filled).
+    fractions/frac_<pct>.txt   image ids of the training fraction, one per line.
+    meta.json           dataset, size, padding, label_names, label_kind, split sizes beside the papers' sizes,
+                        counts, skipped images (id, path, reason), protocol.
+
+``manifest.parquet`` is written last: a directory without it is an unfinished preparation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cxrbench.data.formats._base import SPLITS, DatasetFormat, ReadResult
+from cxrbench.data.images import fit_geometry, map_boxes
+
+FIELDS = ("image", "label", "mask", "boxes", "text")
+
+
+class PreparedDataset:
+    """A prepared store opened lazily: ``meta`` on construction, manifest and memmaps on first use.
+
+    Picklable cheaply (DataLoader workers reopen the memmaps instead of copying the arrays).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not (self.root / "manifest.parquet").is_file():
+            raise FileNotFoundError(
+                f"{self.root}: no manifest.parquet - not a prepared store, or its preparation did not finish "
+                "(run `cxrbench prepare` for this dataset)"
+            )
+        self.meta: dict[str, Any] = json.loads((self.root / "meta.json").read_text())
+        self.name: str = self.meta["dataset"]
+        self.size: int = int(self.meta["size"])
+        self.label_names: tuple[str, ...] = tuple(self.meta["label_names"])
+        self.label_kind: str = self.meta["label_kind"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            k: v for k, v in self.__dict__.items() if k not in ("images", "masks", "manifest", "_label_array")
+        }
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.root)!r}, name={self.name!r}, size={self.size})"
+
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        df = pd.read_parquet(self.root / "manifest.parquet")
+        if not np.array_equal(df["row"].to_numpy(), np.arange(len(df))):
+            raise ValueError(f"{self.root}/manifest.parquet: column 'row' must be 0..N-1 in order")
+        return df
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        arr = np.load(self.root / "images.npy", mmap_mode="r")
+        if arr.shape[1:] != (self.size, self.size) or arr.dtype != np.uint8:
+            raise ValueError(
+                f"{self.root}/images.npy: expected uint8 (N, {self.size}, {self.size}), "
+                f"got {arr.dtype} {arr.shape}"
+            )
+        return arr
+
+    @cached_property
+    def masks(self) -> np.ndarray | None:
+        path = self.root / "masks.npy"
+        return np.load(path, mmap_mode="r") if path.is_file() else None
+
+    @cached_property
+    def _label_array(self) -> np.ndarray:
+        cols = [self.manifest[n].to_numpy(dtype=np.float32) for n in self.label_names]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(self.manifest), 0), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return int(self.meta["n_images"])
+
+    @property
+    def fractions(self) -> list[int]:
+        return sorted(int(c.split("_", 1)[1]) for c in self.manifest.columns if c.startswith("frac_"))
+
+    def rows(self, split: str, fraction: int = 100) -> np.ndarray:
+        """int64 rows of ``split``; for "train" only the ``fraction`` % subset (valid/test: always whole)."""
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"{self.root}: split must be train, valid or test, got {split!r}")
+        m = self.manifest
+        sel = (m["split"] == split).to_numpy(dtype=bool).copy()
+        if split == "train" and fraction != 100:
+            col = f"frac_{fraction}"
+            if col not in m.columns:
+                raise KeyError(f"{self.root}: no training fraction {fraction}% (available: {self.fractions})")
+            sel &= m[col].to_numpy(dtype=bool)
+        return m["row"].to_numpy(dtype=np.int64)[sel]
+
+    def labels(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (n, K) labels of ``rows`` (NaN = unknown)."""
+        return self._label_array[np.asarray(rows, dtype=np.int64)]
+
+    def boxes(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Per row a float32 (m, 4) xyxy array in store pixels (m may be 0)."""
+        col = self.manifest["boxes"]
+        return [_as_boxes(col.iat[int(r)]) for r in np.asarray(rows, dtype=np.int64)]
+
+    def texts(self, rows: np.ndarray) -> list[str]:
+        """Per row its text ("" where the dataset or the row has none)."""
+        if "text" not in self.manifest.columns:
+            return [""] * len(rows)
+        col = self.manifest["text"]
+        return [str(t) if isinstance(t, str) else "" for t in (col.iat[int(r)] for r in np.asarray(rows))]
+
+
+def _as_boxes(value: Any) -> np.ndarray:
+    if value is None or len(value) == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    return np.stack([np.asarray(b, dtype=np.float32) for b in value]).reshape(-1, 4)
+
+
+class ImageDataset(Dataset):
+    """Samples of ``store`` at ``rows``: dicts with the requested ``fields`` plus "row".
+
+    "image": float32 (1, S, S) in [0, 1]; "label": float32 (K,); "mask": float32 (1, S, S) in {0, 1};
+    "boxes": float32 (m, 4) xyxy store pixels; "text": str; "row": int.
+    ``transform`` is called on the whole sample dict and returns a dict. Image, mask and boxes are passed as
+    torchvision ``tv_tensors`` (Image, Mask, BoundingBoxes) so a ``torchvision.transforms.v2`` pipeline moves
+    them jointly; the result is converted back to plain tensors.
+    """
+
+    def __init__(
+        self,
+        store: PreparedDataset,
+        rows: np.ndarray,
+        transform: Any = None,
+        *,
+        fields: tuple[str, ...] = ("image",),
+    ) -> None:
+        unknown = set(fields) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}; choose from {FIELDS}")
+        if "mask" in fields and store.masks is None:
+            raise ValueError(f"{store.root}: field 'mask' requested but the store has no masks.npy")
+        self.store, self.rows, self.transform, self.fields = (
+            store,
+            np.asarray(rows, dtype=np.int64),
+            transform,
+            fields,
+        )
+        self._labels = store.labels(self.rows) if "label" in fields else None
+        self._boxes = store.boxes(self.rows) if "boxes" in fields else None
+        self._texts = store.texts(self.rows) if "text" in fields else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = int(self.rows[i])
+        sample: dict[str, Any] = {"row": r}
+        if "image" in self.fields:
+            sample["image"] = torch.from_numpy(self.store.images[r][None].astype(np.float32) / 255.0)
+        if self._labels is not None:
+            sample["label"] = torch.from_numpy(self._labels[i])
+        if "mask" in self.fields:
+            sample["mask"] = torch.from_numpy(self.store.masks[r][None].astype(np.float32))
+        if self._boxes is not None:
+            sample["boxes"] = torch.from_numpy(self._boxes[i])
+        if self._texts is not None:
+            sample["text"] = self._texts[i]
+        if self.transform is not None:
+            sample = _plain(self.transform(_wrapped(sample, self.store.size)))
+        return sample
+
+
+def _wrapped(sample: dict[str, Any], size: int) -> dict[str, Any]:
+    from torchvision import tv_tensors
+
+    out = dict(sample)
+    if "image" in out:
+        out["image"] = tv_tensors.Image(out["image"])
+    if "mask" in out:
+        out["mask"] = tv_tensors.Mask(out["mask"])
+    if "boxes" in out:
+        out["boxes"] = tv_tensors.BoundingBoxes(out["boxes"], format="XYXY", canvas_size=(size, size))
+    return out
+
+
+def _plain(sample: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack "image" (B, 1, S, S), "label" (B, K), "mask" (B, 1, S, S), "row" (B,); boxes/text as lists."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        if key in ("boxes", "text"):
+            out[key] = values
+        elif key == "row":
+            out[key] = torch.as_tensor(values, dtype=torch.int64)
+        else:
+            out[key] = torch.stack(values)
+    return out
+
+
+# ---- writing side (used by cxrbench.data.prepare) ----------------------------------------------------------
+
+
+_DROP_EXTRAS = ("patient", "path", "name", "birth", "subject", "shapes")
+
+
+def _extras(kept: pd.DataFrame, reader: DatasetFormat) -> dict[str, pd.Series]:
+    """Reader extra columns safe to keep: scalar, no patient/path/name/birth/subject in the name."""
+    known = {
+        "image_id",
+        "path",
+        "patient",
+        "official_split",
+        "boxes",
+        "shapes",
+        "text",
+        "split",
+        *reader.label_names,
+    }
+    out = {}
+    for col in kept.columns:
+        if col in known or any(w in str(col).lower() for w in _DROP_EXTRAS):
+            continue
+        values = kept[col]
+        if values.map(lambda v: v is None or isinstance(v, (str, int, float, bool, np.generic))).all():
+            out[str(col)] = values
+    return out
+
+
+def build_manifest(
+    index: pd.DataFrame,
+    keep: np.ndarray,
+    geometry: np.ndarray,
+    reader: DatasetFormat,
+    cfg: dict[str, Any],
+    patient_hashes: list[str | None] | None,
+) -> pd.DataFrame:
+    """One row per kept image, ``row`` = its position in images.npy (columns: ``cxrbench.data.store``)."""
+    kept, geo = index[keep].reset_index(drop=True), geometry[keep]
+    df = pd.DataFrame(
+        {
+            "row": np.arange(len(kept), dtype=np.int64),
+            "image_id": kept["image_id"].astype(str),
+            "split": kept["split"].astype(str),
+        }
+    )
+    if patient_hashes is not None:
+        df["patient_hash"] = [h for h, k in zip(patient_hashes, keep, strict=True) if k]
+    for name in reader.label_names:
+        df[name] = kept[name].to_numpy(dtype=np.float32)
+    geoms = [fit_geometry(int(h), int(w), cfg["size"], cfg["padding"]) for h, w in geo[:, :2]]
+    df["boxes"] = [
+        map_boxes(np.asarray(b if b is not None else [], dtype=np.float64), g).astype(np.float64).tolist()
+        for b, g in zip(kept["boxes"], geoms, strict=True)
+    ]
+    df["has_mask"] = geo[:, 5].astype(bool)
+    if kept["text"].notna().any():
+        df["text"] = kept["text"].astype(object).where(kept["text"].notna(), None)
+    df["orig_h"], df["orig_w"] = geo[:, 0].astype(np.int64), geo[:, 1].astype(np.int64)
+    df["scale"], df["pad_x"], df["pad_y"] = geo[:, 2], geo[:, 3].astype(np.int64), geo[:, 4].astype(np.int64)
+    df["official_split"] = kept["official_split"].astype(object).where(kept["official_split"].notna(), None)
+    return df.assign(**_extras(kept, reader))
+
+
+def build_meta(
+    reader: DatasetFormat,
+    df: pd.DataFrame,
+    result: ReadResult,
+    cfg: dict,
+    protocol: dict,
+    skipped: list[dict],
+    fracs: dict,
+) -> dict[str, Any]:
+    sizes = {s: int((df["split"] == s).sum()) for s in SPLITS}
+    paper = reader.paper_split_sizes
+    positives = {
+        s: {n: int((df.loc[df["split"] == s, n] == 1).sum()) for n in reader.label_names} for s in SPLITS
+    }
+    return {
+        "format_version": 1,
+        "dataset": reader.name,
+        "title": reader.title,
+        "size": cfg["size"],
+        "padding": cfg["padding"],
+        "label_names": list(reader.label_names),
+        "label_kind": reader.label_kind,
+        "has_boxes": bool(reader.has_boxes),
+        "has_masks": bool(cfg["masks"]),
+        "has_text": "text" in df.columns,
+        "n_images": len(df),
+        "split_sizes": sizes,
+        "paper_split_sizes": dict(zip(SPLITS, paper, strict=True)) if paper else None,
+        "fraction_sizes": {str(p): len(ids) for p, ids in fracs.items()},
+        "positives": positives,
+        "protocol": protocol,
+        "patient_ids": cfg["patient_ids"],
+        "counts": {
+            **{k: int(v) for k, v in result.counts.items()},
+            "read": len(result.index),
+            "excluded_by_split": protocol["n_excluded"],
+            "skipped_images": len(skipped),
+        },
+        "skipped": [*result.skipped, *skipped],
+    }
+
+
+def write_store_files(
+    partial: Path, manifest: pd.DataFrame, meta: dict, fractions: dict[int, list[str]]
+) -> dict:
+    """Write manifest.parquet, meta.json and fractions/ into ``partial``; returns {final name: path}."""
+    frac_dir = partial / "fractions"
+    shutil.rmtree(frac_dir, ignore_errors=True)
+    frac_dir.mkdir()
+    for pct, ids in fractions.items():
+        (frac_dir / f"frac_{pct}.txt").write_text("".join(f"{i}\n" for i in ids))
+    (partial / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
+    manifest.to_parquet(partial / "manifest.parquet", index=False)
+    return {
+        "fractions": frac_dir,
+        "meta.json": partial / "meta.json",
+        "manifest.parquet": partial / "manifest.parquet",
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"meta.json: cannot serialise {type(value).__name__}")
+
+
+def compact_array(src: Path, keep: np.ndarray, block: int = 1024) -> Path:
+    """``src`` (N, S, S) restricted to rows where ``keep`` (a new file only when rows were dropped)."""
+    if keep.all():
+        return src
+    full = np.load(src, mmap_mode="r")
+    dst = src.with_name(f"kept_{src.name}")
+    pos = np.flatnonzero(keep)
+    out = np.lib.format.open_memmap(dst, mode="w+", dtype=full.dtype, shape=(len(pos), *full.shape[1:]))
+    for a in range(0, len(pos), block):
+        out[a : a + block] = full[pos[a : a + block]]
+    out.flush()
+    return dst
+
+
+def install_store(partial: Path, out: Path, files: dict[str, Path]) -> None:
+    """Move the finished files into ``out`` (``manifest.parquet`` last, stale masks.npy removed)."""
+    for name in ("images.npy", "masks.npy", "fractions", "meta.json", "manifest.parquet"):
+        target = out / name
+        if target.is_dir() and name in files:
+            shutil.rmtree(target)
+        elif name == "masks.npy" and target.exists() and name not in files:
+            target.unlink()
+        if name in files:
+            os.replace(files[name], target)
+    shutil.rmtree(partial, ignore_errors=True)

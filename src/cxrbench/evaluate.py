@@ -1,0 +1,110 @@
+"""The evaluate stage: one run = method x task x dataset x fraction x seed -> one run directory.
+
+``run_evaluation`` loads the pretrained checkpoint and the prepared dataset, builds the registered task with its
+resolved parameters, runs it (or records why it does not apply) and writes, atomically:
+
+- ``metrics.json``: ``{"run": {method, task, dataset, fraction, seed}, "status": "ok" | "not_applicable",
+  "reason", "metrics": {flat keys}, "metric_forms": {key: definition}, "n": {train, valid, test}, "seconds"}``;
+- ``config.json``: the resolved parameters and inputs of the run;
+- ``examples.npz`` (segmentation, detection, grounding): a few maps / boxes for the figures (written by the task).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxrbench.registry import TASKS
+from cxrbench.tasks._base import NotApplicable
+
+
+def load_pretrained(ckpt_dir: Path) -> Any:
+    """The checkpoint directory as a :class:`cxrbench.methods._base.Pretrained` (imported lazily)."""
+    from cxrbench.pretrain import load_pretrained as load
+
+    return load(ckpt_dir)
+
+
+def open_dataset(dataset_dir: Path) -> Any:
+    from cxrbench.data.store import PreparedDataset
+
+    return PreparedDataset(dataset_dir)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Canonical JSON (sorted keys, NaN -> null) written through a temporary file and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_evaluation(
+    *,
+    ckpt_dir: Path,
+    task: str,
+    dataset_dir: Path,
+    dataset: str,
+    fraction: int,
+    seed: int,
+    task_params: dict[str, Any],
+    out_dir: Path,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run one downstream evaluation and write ``out_dir/metrics.json`` + ``config.json``; returns the metrics
+    record. ``cache_dir`` (default ``task_params["cache_dir"]``, else ``data/features``) holds frozen features.
+    The torch default generator is seeded with ``seed`` here, at the stage boundary, for any library code that
+    draws from it; the tasks themselves use explicit generators derived from ``seed``."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    params = {**task_params, "cache_dir": str(cache_dir or task_params.get("cache_dir") or "data/features")}
+    task_obj = TASKS.get(task)(params)
+    store = open_dataset(Path(dataset_dir))
+    if str(store.name) != dataset:
+        raise ValueError(f"{dataset_dir}: prepared store holds dataset {store.name!r}, but the run names {dataset!r}")
+    if task_obj.datasets and dataset not in task_obj.datasets:
+        raise ValueError(f"task {task!r} runs on {list(task_obj.datasets)}, not on dataset {dataset!r}")
+    pretrained = load_pretrained(Path(ckpt_dir))
+    run = {"method": pretrained.method, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
+    write_json_atomic(
+        out_dir / "config.json",
+        {"run": run, "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir), "task_params": params},
+    )
+    torch.manual_seed(seed)
+    status, reason, metrics = "ok", None, {}
+    try:
+        task_obj.check(pretrained)
+        metrics = task_obj.run(pretrained, store, int(fraction), int(seed), out_dir)
+    except NotApplicable as err:
+        status, reason = "not_applicable", str(err)
+    record = {
+        "run": run,
+        "status": status,
+        "reason": reason,
+        "metrics": metrics,
+        "metric_forms": dict(getattr(task_obj, "metric_forms", {})),
+        "n": dict(getattr(task_obj, "n", {})) or {"train": 0, "valid": 0, "test": 0},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json_atomic(out_dir / "metrics.json", record)
+    return _jsonable(record)

@@ -1,0 +1,203 @@
+"""Semantic segmentation: a U-Net decoder (channels 256, 128, 64, 32, 16) trained on the frozen encoder's pyramid
+(MGCA protocol). ``setting: encoder_decoder`` initialises the decoder from the method's pretrained decoder (G2D);
+a method without one is NotApplicable. SIIM trains on all positives plus as many negatives (drawn with the run's
+seed), intersected with the fraction file. Inputs resized to ``image_size`` with shift-scale-rotate at train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrbench.metrics.segmentation import dice_reference, dice_strict
+from cxrbench.models.unet import REFERENCE_DECODER_CHANNELS, UNetDecoder
+from cxrbench.registry import TASKS
+from cxrbench.tasks._base import NotApplicable, Task
+from cxrbench.tasks._common import (
+    FrozenEncoder,
+    StoreDataset,
+    batches,
+    collate,
+    device_of,
+    engine_config,
+    positive_rows,
+    resize,
+    resolve,
+    save_npz_atomic,
+    seeded,
+    segmentation_strides,
+    shift_scale_rotate,
+    task_image_size,
+    to_input,
+)
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, focal_weight: float = 10.0, gamma: float = 2.0, smooth: float = 1.0
+) -> torch.Tensor:
+    """MGCA mixed loss. logits, target (B, 1, H, W). With p = sigmoid(logits), p_t = p if t else 1 - p:
+    focal = mean_pixels -(1 - p_t)^gamma log p_t;  dice = (2 sum p t + smooth) / (sum p + sum t + smooth) over
+    the batch;  loss = focal_weight * focal - log(dice)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = torch.exp(-bce)
+    focal = ((1 - p_t) ** gamma * bce).mean()
+    p = torch.sigmoid(logits)
+    dice = (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+    return focal_weight * focal - torch.log(dice)
+
+
+def balanced_train_rows(data: Any, fraction: int, seed: int) -> np.ndarray:
+    """All positive train rows + an equal number of negatives (numpy Generator(seed)), then the rows of the
+    ``fraction`` file among them (sorted)."""
+    full = np.asarray(data.rows("train", 100), dtype=np.int64)
+    pos = positive_rows(data, full)
+    neg = np.setdiff1d(full, pos)
+    chosen = np.random.default_rng(seed).choice(neg, size=min(len(pos), len(neg)), replace=False)
+    balanced = np.union1d(pos, chosen)
+    return np.intersect1d(balanced, np.asarray(data.rows("train", fraction), dtype=np.int64))
+
+
+def decoder_state(full_state: dict[str, Any] | None, decoder: UNetDecoder) -> tuple[dict | None, str]:
+    """The pretrained decoder tensors in ``full_state`` matching ``decoder`` (keys ``...decoder.<key>``), or
+    (None, reason)."""
+    if not full_state:
+        return None, "the method's checkpoint has no full model state (no pretrained decoder)"
+    sd = full_state.get("state_dict", full_state)
+    own = decoder.state_dict()
+    found: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if "decoder." not in key or not torch.is_tensor(value):
+            continue
+        sub = key.split("decoder.", 1)[1]
+        if sub in own and own[sub].shape == value.shape:
+            found[sub] = value
+    if set(found) != set(own):
+        return None, (
+            f"no pretrained U-Net decoder matching {len(own)} tensors found in the full state "
+            f"({len(found)} matched); encoder_decoder needs a method with a decoder such as G2D"
+        )
+    return found, ""
+
+
+class SegmentationModel(nn.Module):
+    """Frozen encoder (+ neck for a ViT) and U-Net decoder. forward(batch {"image", "mask"}) -> {"loss"}."""
+
+    def __init__(self, backbone: nn.Module, p: dict[str, Any], size: int, normalize: dict, seed: int) -> None:
+        super().__init__()
+        strides = segmentation_strides(backbone)
+        self.encoder = FrozenEncoder(backbone, strides, int(p.get("neck_channels", 256)))
+        chans = tuple(p.get("decoder_channels", REFERENCE_DECODER_CHANNELS))
+        self.decoder = UNetDecoder(self.encoder.channels, strides, chans)
+        self.size, self.normalize, self.p = size, normalize, p
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 1, size, size) in [0, 1] -> logits (B, 1, size, size)."""
+        _, pyramid = self.encoder(to_input(image, self.normalize).to(device_of(self.decoder)))
+        return self.decoder(pyramid, out_size=(self.size, self.size))
+
+    def inputs(self, batch: dict[str, Any], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        img, mask = resize(batch["image"], self.size), resize(batch["mask"], self.size, "nearest")
+        if train and self.p.get("augment", True):
+            img, mask = shift_scale_rotate(img, mask, self.gen)
+        return img, mask
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        img, mask = self.inputs(batch, self.training)
+        loss = segmentation_loss(
+            self.logits(img), mask.to(device_of(self.decoder)), focal_weight=float(self.p.get("focal_weight", 10.0))
+        )
+        return {"loss": loss}
+
+
+@torch.no_grad()
+def predict(model: SegmentationModel, dataset: StoreDataset, batch_size: int) -> tuple[np.ndarray, ...]:
+    """(mean loss, prob (N, H, W), target (N, H, W), images (N, H, W)) on the whole ``dataset`` in order."""
+    was = model.training
+    model.eval()
+    losses, probs, targets, images = [], [], [], []
+    for batch in batches(dataset, batch_size):
+        img, mask = model.inputs(batch, False)
+        logits = model.logits(img).cpu()
+        losses.append(float(segmentation_loss(logits, mask)) * len(img))
+        probs.append(torch.sigmoid(logits)[:, 0].numpy())
+        targets.append(mask[:, 0].numpy())
+        images.append(img[:, 0].numpy())
+    model.train(was)
+    n = max(len(dataset), 1)
+    return sum(losses) / n, np.concatenate(probs), np.concatenate(targets), np.concatenate(images)
+
+
+@TASKS.register("segmentation")
+class Segmentation(Task):
+    name = "segmentation"
+    datasets = ("siim", "rsna")
+    metric_forms = {
+        "Dice@reference": "MGCA image-wise Dice at prob > 0.5: empty GT scores 1 if the prediction is empty else 0; "
+        "mean over images of each test batch, then mean of batch means",
+        "Dice@strict": "mean over test images of standard Dice, images with empty GT and empty prediction excluded",
+        "Dice@strict_global": "global Dice pooled over all pixels of all test images",
+    }
+
+    def check(self, pretrained: Any) -> None:
+        super().check(pretrained)
+        if self.params.get("setting", "frozen_encoder") == "encoder_decoder":
+            strides = segmentation_strides(pretrained.backbone)
+            chans = tuple(self.params.get("decoder_channels", REFERENCE_DECODER_CHANNELS))
+            probe = FrozenEncoder(pretrained.backbone, strides, int(self.params.get("neck_channels", 256)))
+            state, reason = decoder_state(pretrained.full_state, UNetDecoder(probe.channels, strides, chans))
+            if state is None:
+                raise NotApplicable(f"segmentation encoder_decoder setting for method {pretrained.method!r}: {reason}")
+
+    def train_rows(self, data: Any, fraction: int, seed: int, p: dict) -> np.ndarray:
+        if str(data.name) in p.get("balanced_train_datasets", ["siim"]):
+            rows = balanced_train_rows(data, fraction, seed)
+        else:
+            rows = np.asarray(data.rows("train", fraction), dtype=np.int64)
+        if len(rows) == 0:
+            raise ValueError(f"segmentation: dataset {data.name!r} fraction {fraction}% leaves no training image")
+        return rows
+
+    def run(self, pretrained: Any, data: Any, fraction: int, seed: int, out_dir: Path) -> dict[str, Any]:
+        from cxrbench.engine import fit
+
+        p = resolve(self.params, str(data.name), fraction)
+        size = task_image_size(p, pretrained)
+        fields = ("image", "mask")
+        sets = {"train": StoreDataset(data, self.train_rows(data, fraction, seed, p), fields)}
+        sets.update({s: StoreDataset(data, data.rows(s, 100), fields) for s in ("valid", "test")})
+        self.n = {s: len(d) for s, d in sets.items()}
+        with seeded(seed):
+            model = SegmentationModel(pretrained.backbone, p, size, pretrained.normalize, seed)
+        if p.get("setting", "frozen_encoder") == "encoder_decoder":
+            model.decoder.load_state_dict(decoder_state(pretrained.full_state, model.decoder)[0])
+        cfg = engine_config(p, monitor="val_loss", mode="min")
+        eval_bs = int(getattr(cfg, "batch_size", 8))
+        fit(
+            model,
+            sets["train"],
+            cfg,
+            Path(out_dir) / "train",
+            seed=seed,
+            collate_fn=collate,
+            val_fn=lambda m: {"val_loss": predict(m, sets["valid"], eval_bs)[0]},
+        )
+        _, prob, target, images = predict(model, sets["test"], eval_bs)
+        k = min(4, len(prob))
+        save_npz_atomic(
+            Path(out_dir) / "examples.npz",
+            image=images[:k],
+            mask=target[:k],
+            prob=prob[:k],
+            row=np.asarray(sets["test"].rows[:k]),
+        )
+        return {
+            "Dice@reference": dice_reference(prob, target, batch_size=eval_bs),
+            "Dice@strict": dice_strict(prob, target, mode="image"),
+            "Dice@strict_global": dice_strict(prob, target, mode="global"),
+        }

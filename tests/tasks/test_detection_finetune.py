@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from cxrbench.models.yolo import REFERENCE_ANCHORS_224
+from cxrbench.registry import TASKS
+from cxrbench.tasks.detection import DetectionModel, scaled_anchors
+
+DET = {
+    "datasets": ["rsna"],
+    "image_size": 64,
+    "neck_channels": 8,
+    "head_widths": [8, 8, 8],
+    "engine": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
+}
+
+
+def det_store(make_store, name="rsna", n=18, size=64):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, size=(n, size, size)).astype(np.uint8)
+    boxes = []
+    for i in range(n):
+        if i % 3:
+            img[i, 10:40, 12:30] = 220
+            boxes.append(np.array([[12, 10, 30, 40]] * (12 if i == 1 else 1), np.float32))
+        else:
+            boxes.append(np.zeros((0, 4), np.float32))
+    labels = np.array([[len(b) > 0] for b in boxes], np.float32)
+    splits = np.array(["train"] * 8 + ["valid"] * 4 + ["test"] * 6)
+    return make_store(name, img, labels, splits, label_names=["Pneumonia"], boxes=boxes)
+
+
+def test_scaled_anchors_reference():
+    assert np.allclose(np.array(scaled_anchors(224)), np.array(REFERENCE_ANCHORS_224))
+
+
+def test_targets_scaled_and_capped(tiny_resnet):
+    model = DetectionModel(tiny_resnet, {**DET, "max_boxes": 10}, 128, {"mean": 0.5, "std": 0.5})
+    t = model.targets({"image": torch.zeros(2, 1, 64, 64), "boxes": [torch.ones(12, 4), torch.zeros(0, 4)]})
+    assert t[0].shape == (10, 4) and float(t[0][0, 0]) == 2.0 and t[1].shape == (0, 4)
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_detection_runs_both_forms(family, make_store, pretrained_factory, tiny_resnet, tiny_vit, tmp_path):
+    pre = pretrained_factory(tiny_resnet if family == "resnet" else tiny_vit, image_size=64)
+    task = TASKS.get("detection")(DET)
+    m = task.run(pre, det_store(make_store), 100, 0, tmp_path)
+    assert {"mAP@reference", "mAP@strict", "AP@0.40@strict", "AP@0.75@reference"} <= set(m)
+    assert m["n_images@strict"] == 6 and task.n == {"train": 8, "valid": 4, "test": 6}
+    ex = np.load(tmp_path / "examples.npz")
+    assert ex["image"].shape == (4, 64, 64) and ex["gt"].shape[-1] == 4 and ex["pred"].shape[-1] == 5
+
+
+def test_finetune_trains_a_copy_of_the_encoder(make_store, pretrained_factory, tiny_resnet, tmp_path):
+    rng = np.random.default_rng(0)
+    n = 24
+    y = rng.integers(0, 2, size=(n, 3)).astype(np.float32)
+    y[:3] = np.eye(3)
+    y[3:6] = 1 - np.eye(3)
+    img = rng.integers(0, 255, size=(n, 40, 40)).astype(np.uint8)
+    store = make_store("nih", img, y, np.array(["train", "valid", "test"] * 8), label_names=["A", "B", "C_D"])
+    pre = pretrained_factory(tiny_resnet)
+    before = {k: v.clone() for k, v in pre.backbone.state_dict().items()}
+    params = {
+        "datasets": ["nih"],
+        "image_size": 32,
+        "crop_ratio": 0.8,
+        "engine": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
+    }
+    task = TASKS.get("finetune")(params)
+    m = task.run(pre, store, 100, 0, tmp_path)
+    assert {"AUROC", "AUROC/A", "AUROC/B", "AUROC/C_D"} <= set(m)
+    assert all(torch.equal(before[k], v) for k, v in pre.backbone.state_dict().items())
+    assert m == TASKS.get("finetune")(params).run(pre, store, 100, 0, tmp_path / "again")  # seed -> same numbers
