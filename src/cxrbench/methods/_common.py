@@ -1,0 +1,117 @@
+"""Pieces shared by the pretraining methods: seeded construction, backbone/text builders, input pipeline, counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrbench.methods._augment import ViewAugment, ViewConfig, resize, to_input
+from cxrbench.methods._base import PretrainModule
+
+IMAGENET_GRAY = {"mean": 0.449, "std": 0.226}  # mean of ImageNet's channel means / stds (grayscale replicated)
+UNIT = {"mean": 0.0, "std": 1.0}  # intensities kept in [0, 1]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the global RNG for module construction (layer inits) and restore the caller's state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def require(params: dict[str, Any], key: str, method: str) -> Any:
+    if key not in params:
+        raise KeyError(f"pretrain.methods.{method}: missing parameter {key!r}")
+    return params[key]
+
+
+def build_encoder(params: dict[str, Any], method: str) -> nn.Module:
+    """``params["backbone"]`` (a registered name) with ``params["backbone_kwargs"]`` (e.g. weights, img_size)."""
+    from cxrbench.models.backbones import build_backbone
+
+    return build_backbone(require(params, "backbone", method), **dict(params.get("backbone_kwargs") or {}))
+
+
+def build_text(params: dict[str, Any], method: str, corpus: Sequence[str] | None, **overrides: Any) -> nn.Module:
+    """``params["text"]``: {"name_or_path", "max_length", "freeze_layers", ... wordpiece-bert sizes}."""
+    from cxrbench.models.text import build_text_encoder
+
+    cfg = dict(require(params, "text", method))
+    name = cfg.pop("name_or_path", None) or cfg.pop("name", None)
+    if not name:
+        raise KeyError(f"pretrain.methods.{method}.text: missing 'name_or_path' (e.g. 'minilm', 'wordpiece-bert')")
+    cfg.update(overrides)
+    cfg.setdefault("seed", int(params.get("seed", 0)))
+    return build_text_encoder(name, corpus=corpus, **cfg)
+
+
+def normalization(params: dict[str, Any], default: dict[str, float]) -> dict[str, float]:
+    norm = params.get("normalize") or default
+    return {"mean": float(norm["mean"]), "std": float(norm["std"])}
+
+
+class ImageInput(nn.Module):
+    """[0, 1] batch (B, 1, S, S) -> (view in [0, 1], normalised 3-channel network input). Training: a random view
+    (own generator); eval: a resize to ``image_size``."""
+
+    def __init__(self, image_size: int, normalize: dict[str, float], augment: dict[str, Any] | None, seed: int):
+        super().__init__()
+        self.image_size = int(image_size)
+        self.normalize = normalize
+        self.augment = ViewAugment(ViewConfig.from_params(augment, self.image_size), seed)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        view = self.augment(x) if self.training else resize(x, self.image_size)
+        return view, self.prepare(view)
+
+    def prepare(self, view: torch.Tensor) -> torch.Tensor:
+        if view.shape[1] == 3:
+            view = view.mean(1, keepdim=True)
+        return to_input(view, self.normalize["mean"], self.normalize["std"])
+
+
+def batch_images(batch: dict[str, Any], module: nn.Module) -> torch.Tensor:
+    """The batch's images on the module's device, float."""
+    dev = next(module.parameters()).device
+    return batch["image"].to(dev, non_blocking=True).float()
+
+
+def count_parameters(module: nn.Module) -> dict[str, Any]:
+    """Trainable vs total parameter counts; ``frozen_fraction`` = 1 - trainable / total (M-FLAG's "78% fewer")."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in module.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    frac = 1 - trainable / total if total else 0.0
+    return {"total": total, "trainable": trainable, "frozen": total - trainable, "frozen_fraction": frac}
+
+
+class StepCounter(PretrainModule):
+    """A PretrainModule that knows the optimiser step (from ``on_step_end``) and saves it in its state dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = 0
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """``step``: optimiser steps done so far (the engine calls this after step 1 with 1)."""
+        self.step = int(step)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.step = int(state.get("step", 0))
+
+    def export_backbone(self) -> nn.Module:
+        """The backbone written to encoder.pt (RAD-DINO: the teacher)."""
+        return self.encoder

@@ -1,0 +1,17 @@
+"""ConVIRT-style global-only contrastive pretraining: G2D without its dense branch (no decoder, no pseudo-masks).
+
+Same image/text towers, projectors and attention pooling as G2D; loss = symmetric InfoNCE alone. The natural
+ablation of G2D and the papers' most common baseline.
+"""
+
+from __future__ import annotations
+
+from cxrbench.methods.g2d import G2D
+from cxrbench.registry import METHODS
+
+
+@METHODS.register("convirt")
+class ConVIRT(G2D):
+    name = "convirt"
+    has_text = True
+    dense = False

@@ -1,0 +1,92 @@
+"""A published / user-provided checkpoint evaluated through the same downstream matrix: "pretraining" = loading.
+
+``pretrain.methods.external.checkpoint`` points at one of:
+
+- a cxrbench checkpoint directory or its ``encoder.pt`` (backbone name, kwargs, normalisation travel with it);
+- a Hugging Face model directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``), e.g. RAD-DINO
+  (``microsoft/rad-dino``) or DINOv2 saved locally -> ``backbone: vit_base_patch14``;
+- a weight file (``.pt``/``.pth``/``.bin``/``.safetensors``): a ResNet-50 encoder state dict (torchvision keys, any
+  ``module.``/``encoder.``/``model.`` prefix; e.g. a G2D / M-FLAG image encoder) -> ``backbone: resnet50``, or a
+  DINOv2 / timm ViT state dict -> ``backbone: vit_base_patch14``.
+
+For the last two, ``backbone``, ``image_size`` and ``normalize`` say how to build and feed it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxrbench.methods._base import Method
+from cxrbench.methods.random_init import EncoderOnly
+from cxrbench.registry import METHODS
+
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _missing(path: Any) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"pretrain.methods.external.checkpoint = {str(path)!r} does not exist. Provide a local checkpoint and set "
+        "that parameter: a cxrbench checkpoint dir / encoder.pt, a Hugging Face model dir (e.g. microsoft/rad-dino "
+        "saved with `hf download microsoft/rad-dino --local-dir <dir>`), or a ResNet-50 / ViT state dict file "
+        "(with pretrain.methods.external.backbone = resnet50 | vit_base_patch14). Nothing is downloaded at run time."
+    )
+
+
+def resolve_weights(path: Path) -> tuple[str, Path]:
+    """-> ("cxrbench", encoder.pt) or ("weights", weight file) for a checkpoint path (file or directory)."""
+    if path.is_dir():
+        if (path / "encoder.pt").is_file():
+            return "cxrbench", path / "encoder.pt"
+        for name in HF_WEIGHT_FILES:
+            if (path / name).is_file():
+                return "weights", path / name
+        raise FileNotFoundError(
+            f"{path}: directory has neither encoder.pt (cxrbench) nor {' / '.join(HF_WEIGHT_FILES)} (Hugging Face)"
+        )
+    if not path.is_file():
+        raise _missing(path)
+    if path.suffix in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(obj, dict) and "backbone" in obj and "state_dict" in obj:
+            return "cxrbench", path
+    return "weights", path
+
+
+def load_cxrbench_encoder(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """encoder.pt -> (backbone with its weights, the encoder.pt dict without the state)."""
+    from cxrbench.models.backbones import build_backbone
+
+    enc = torch.load(path, map_location="cpu", weights_only=False)
+    bb = build_backbone(enc["backbone"]["name"], **enc["backbone"]["kwargs"])
+    bb.load_state_dict(enc["state_dict"])
+    return bb, {k: v for k, v in enc.items() if k != "state_dict"}
+
+
+@METHODS.register("external")
+class External(Method):
+    """params: checkpoint (path), backbone + backbone_kwargs, image_size, normalize {mean, std}."""
+
+    name = "external"
+
+    def trains(self) -> bool:
+        return False
+
+    def build(self, *, corpus=None) -> EncoderOnly:
+        p = self.params
+        if not p.get("checkpoint"):
+            raise _missing(p.get("checkpoint"))
+        kind, file = resolve_weights(Path(p["checkpoint"]))
+        if kind == "cxrbench":
+            bb, meta = load_cxrbench_encoder(file)
+            return EncoderOnly(bb, meta["image_size"], dict(meta["normalize"]))
+        from cxrbench.models.backbones import build_backbone
+
+        for key in ("backbone", "image_size", "normalize"):
+            if key not in p:
+                raise KeyError(f"pretrain.methods.external.{key} is needed to use the weight file {file}")
+        bb = build_backbone(p["backbone"], weights=str(file), **dict(p.get("backbone_kwargs") or {}))
+        norm = {"mean": float(p["normalize"]["mean"]), "std": float(p["normalize"]["std"])}
+        return EncoderOnly(bb, int(p["image_size"]), norm)

@@ -1,0 +1,128 @@
+"""The pretrain stage: build a registered method, train it through the one engine, export its checkpoint directory;
+and read a checkpoint directory back for the downstream tasks (``load_pretrained``).
+
+Checkpoint directory (contract in ``cxrbench.methods._base``): encoder.pt, model.pt, config.json, params.json, each
+written atomically (temporary name, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxrbench.methods._base import Pretrained
+from cxrbench.methods._common import count_parameters
+from cxrbench.registry import METHODS
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_torch(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_bytes(path, buf.getvalue())
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    _atomic_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def pretraining_rows(store: Any) -> tuple[Any, list[str]]:
+    """Train rows of the store that have a non-empty report text, and those texts."""
+    rows = store.rows("train")
+    texts = store.texts(rows) if "text" in store.manifest.columns else [""] * len(rows)
+    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    return rows[keep], [texts[i] for i in keep]
+
+
+def run_pretrain(
+    method: str, method_params: dict[str, Any], engine_params: dict[str, Any], data_dir: Path, out_dir: Path, *,
+    seed: int,
+) -> dict[str, Any]:
+    """Pretrain ``method`` on the prepared MIMIC-CXR store at ``data_dir`` and write its checkpoint directory.
+
+    Text-less rows are dropped for every method (the pretraining corpus is the image-report pairs). Methods whose
+    ``trains()`` is False (random, external) are exported without touching the data. Returns a summary dict
+    (method, steps, first/last logged loss, parameter counts, paths)."""
+    out_dir = Path(out_dir)
+    params = {**method_params, "seed": int(seed)}
+    m = METHODS.get(method)(params)
+    summary: dict[str, Any] = {"method": method, "seed": int(seed), "steps": 0}
+    if m.trains():
+        from cxrbench.data.store import ImageDataset, PreparedDataset, collate
+        from cxrbench.engine import EngineConfig, fit
+
+        store = PreparedDataset(Path(data_dir))
+        rows, texts = pretraining_rows(store)
+        if len(rows) == 0:
+            raise ValueError(f"{data_dir}: no train rows with report text to pretrain {method!r} on")
+        module = m.build(corpus=texts if m.has_text else None)
+        fields = ("image", "text") if m.has_text else ("image",)
+        result = fit(module, ImageDataset(store, rows, fields=fields), EngineConfig.from_dict(dict(engine_params)),
+                     out_dir / "train", seed=int(seed), collate_fn=collate)
+        losses = [h["loss"] for h in result.history if "loss" in h]
+        summary.update(steps=result.steps, n_pairs=len(rows), first_loss=losses[0] if losses else None,
+                       last_loss=losses[-1] if losses else None)
+    else:
+        module = m.build()
+    summary["parameters"] = export(module, method, params, out_dir, engine_params=engine_params)
+    return summary
+
+
+def export(module: Any, method: str, params: dict[str, Any], out_dir: Path, *,
+           engine_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write encoder.pt, model.pt, config.json, params.json into ``out_dir``; returns the parameter counts."""
+    out_dir = Path(out_dir)
+    module = module.cpu().eval()
+    backbone = module.export_backbone()
+    cfg = dict(backbone.config)
+    image_size = int(getattr(module, "image_size", None) or module.input.image_size)
+    normalize = getattr(module, "normalize", None) or module.input.normalize
+    _atomic_torch({"method": method, "backbone": {"name": cfg.pop("name"), "kwargs": cfg},
+                   "state_dict": backbone.state_dict(), "image_size": image_size,
+                   "normalize": {k: float(v) for k, v in normalize.items()}}, out_dir / "encoder.pt")
+    _atomic_torch({"method": method, "params": params, "state_dict": module.state_dict()}, out_dir / "model.pt")
+    _atomic_json({"method": method, "method_params": params, "engine_params": engine_params or {}},
+                 out_dir / "config.json")
+    counts = {"method": method, "model": count_parameters(module), "encoder": count_parameters(backbone)}
+    _atomic_json(counts, out_dir / "params.json")
+    return counts
+
+
+def load_pretrained(ckpt_dir: Path) -> Pretrained:
+    """Rebuild a checkpoint directory: the encoder (encoder.pt) and, for methods with a text tower, the whole model
+    through the registry (``.vl``, eval mode); ``.full_state`` holds G2D's encoder-decoder."""
+    from cxrbench.methods.external import load_cxrbench_encoder
+
+    ckpt_dir = Path(ckpt_dir)
+    enc_file = ckpt_dir / "encoder.pt"
+    if not enc_file.is_file():
+        raise FileNotFoundError(f"{enc_file}: missing; run `cxrbench pretrain` for this method first")
+    backbone, meta = load_cxrbench_encoder(enc_file)
+    out = Pretrained(method=meta["method"], backbone=backbone.eval(), image_size=int(meta["image_size"]),
+                     normalize=dict(meta["normalize"]))
+    m_cls = METHODS.get(meta["method"])
+    if m_cls.has_text or getattr(m_cls, "dense", False):
+        full = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)
+        module = m_cls(full["params"]).build()
+        module.load_state_dict(full["state_dict"])
+        module.eval()
+        out.vl = module if m_cls.has_text else None
+        out.full_state = module.full_state() if hasattr(module, "full_state") else None
+    return out
