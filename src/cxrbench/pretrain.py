@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,12 @@ def pretraining_rows(store: Any) -> tuple[Any, list[str]]:
 
 def run_pretrain(
     method: str, method_params: dict[str, Any], engine_params: dict[str, Any], data_dir: Path, out_dir: Path, *,
-    seed: int,
+    seed: int, work_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``method`` on the prepared MIMIC-CXR store at ``data_dir`` and write its checkpoint directory.
+
+    The engine's resumable state (last.ckpt) lives in ``work_dir`` (default ``<out_dir>/train``), outside the
+    versioned output when the workflow passes one, so a killed job resumes and the checkpoint directory stays small.
 
     Text-less rows are dropped for every method (the pretraining corpus is the image-report pairs). Methods whose
     ``trains()`` is False (random, external) are exported without touching the data. Returns a summary dict
@@ -74,8 +78,12 @@ def run_pretrain(
             raise ValueError(f"{data_dir}: no train rows with report text to pretrain {method!r} on")
         module = m.build(corpus=texts if m.has_text else None)
         fields = ("image", "text") if m.has_text else ("image",)
+        work = Path(work_dir) if work_dir is not None else out_dir / "train"
         result = fit(module, ImageDataset(store, rows, fields=fields), EngineConfig.from_dict(dict(engine_params)),
-                     out_dir / "train", seed=int(seed), collate_fn=collate)
+                     work, seed=int(seed), collate_fn=collate)
+        if (work / "curves.csv").exists() and work != out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / "curves.csv", out_dir / "curves.csv")
         losses = [h["loss"] for h in result.history if "loss" in h]
         summary.update(steps=result.steps, n_pairs=len(rows), first_loss=losses[0] if losses else None,
                        last_loss=losses[-1] if losses else None)

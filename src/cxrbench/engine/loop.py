@@ -1,0 +1,298 @@
+"""The one training loop: ``fit(module, train_set, cfg, out_dir, seed=...)``.
+
+Per optimiser step: ``grad_accum`` micro-batches, each ``loss / grad_accum`` back-propagated (DDP gradient sync on
+the last one only), optional ``module.on_after_backward(step, total)``, gradient norm (clipped to ``clip_norm``),
+a non-finite loss or norm on any rank stops the run with :class:`FloatingPointError` before the optimiser touches
+the weights, then the optimiser step with the scheduled lr / weight decay and ``module.on_step_end(step, total)``.
+``out_dir/last.ckpt`` is written every ``ckpt_every`` steps, at every epoch end and at the end; a rerun resumes
+from it exactly (model, optimiser, step, position in the epoch, RNG states, history, early-stopping state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrbench.engine import dist as D
+from cxrbench.engine.config import EngineConfig, FitResult, lr_at, wd_at
+from cxrbench.engine.data import ResumableBatchSampler, make_loader, to_device
+from cxrbench.engine.state import atomic_torch_save, capture_rng, load_checkpoint, restore_rng, write_curves
+
+
+def fit(module: nn.Module, train_set: Any, cfg: EngineConfig, out_dir: str | Path, *, seed: int,
+        collate_fn: Any = None, val_fn: Any = None, resume: bool = True) -> FitResult:
+    """Train ``module`` (``module(batch) -> {"loss": scalar, **parts}``) on ``train_set`` and return the history.
+
+    ``val_fn(module) -> {metric: float}`` runs at each epoch end on rank 0 (eval mode, no grad); with it,
+    ``cfg.monitor`` / ``cfg.mode`` pick the best epoch (saved to ``out_dir/best.ckpt`` and loaded back at the
+    end) and ``cfg.patience`` stops early. Under torchrun (RANK / WORLD_SIZE set) the module is wrapped in
+    DistributedDataParallel and only rank 0 writes."""
+    info, device = D.init_distributed(cfg.device)
+    try:
+        return _Trainer(module, train_set, cfg, Path(out_dir), seed, collate_fn, val_fn, info, device).run(resume)
+    finally:
+        D.cleanup(info)
+
+
+class _Trainer:
+    def __init__(self, module: nn.Module, train_set: Any, cfg: EngineConfig, out: Path, seed: int,
+                 collate_fn: Any, val_fn: Any, info: D.DistInfo, device: torch.device) -> None:
+        self.cfg, self.out, self.seed, self.val_fn, self.info, self.device = cfg, out, seed, val_fn, info, device
+        self.raw = module.to(device)
+        self.train_set = train_set
+        self.sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, seed, rank=info.rank,
+                                             world_size=info.world_size, drop_last=cfg.drop_last)
+        self.loader = make_loader(train_set, self.sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
+                                  seed=seed, pin_memory=device.type == "cuda")
+        self.micro_per_epoch = len(self.sampler)
+        self.steps_per_epoch = self.micro_per_epoch // cfg.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{self.micro_per_epoch} batches per epoch < grad_accum={cfg.grad_accum}: "
+                             "no optimiser step possible; lower batch_size or grad_accum")
+        total = cfg.epochs * self.steps_per_epoch
+        self.total = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.optimizer = self._make_optimizer()
+        self.model: nn.Module = self.raw
+        if info.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.raw, device_ids=[device] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters)
+        self.last, self.best_path = out / "last.ckpt", out / "best.ckpt"
+        self.s: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "acc": {},
+                                  "acc_n": 0, "best_metric": None, "bad_epochs": 0, "done": False, "saved_step": 0}
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if hasattr(self.raw, "param_groups"):
+            groups = [dict(g) for g in self.raw.param_groups(cfg.lr, cfg.weight_decay)]
+        else:
+            groups = [{"params": list(self.raw.parameters())}]
+        for g in groups:
+            g["params"] = [p for p in g["params"] if p.requires_grad]
+            g.setdefault("lr", cfg.lr)
+            g.setdefault("weight_decay", cfg.weight_decay)
+            g["base_lr"], g["base_wd"] = g["lr"], g["weight_decay"]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError(f"{type(self.raw).__name__} has no trainable parameters")
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+    def _set_schedule(self, step: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(step, self.total, self.cfg, g["base_lr"])
+            if self.cfg.weight_decay_end is not None and g["base_wd"] > 0:
+                g["weight_decay"] = wd_at(step, self.total, self.cfg)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _save(self, path: Path) -> None:
+        rngs = D.gather(capture_rng(), self.info)  # every rank takes part; rank 0 writes
+        if not self.info.is_main:
+            return
+        ckpt = {**self.s, "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rngs,
+                "seed": self.seed, "n_items": self.sampler.n, "world_size": self.info.world_size,
+                "total_steps": self.total, "config": asdict(self.cfg)}
+        ckpt["saved_step"] = self.s["step"]
+        atomic_torch_save(ckpt, path)
+        self.s["saved_step"] = self.s["step"]
+        write_curves(self.out / "curves.csv", self.s["history"])
+
+    def _load(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        now = {"batch_size": self.cfg.batch_size, "grad_accum": self.cfg.grad_accum, "n_items": self.sampler.n,
+               "drop_last": self.cfg.drop_last, "seed": self.seed}
+        then = {**{k: ck["config"][k] for k in ("batch_size", "grad_accum", "drop_last")},
+                "n_items": ck["n_items"], "seed": ck["seed"]}
+        if now != then:
+            raise ValueError(f"cannot resume from {path}: it was written with {then}, this run has {now}. "
+                             "Use resume=False (or delete the checkpoint) to start again.")
+        self.raw.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.s = {k: ck[k] for k in self.s}
+        rngs = ck["rng"]
+        if len(rngs) == self.info.world_size:
+            restore_rng(rngs[self.info.rank])
+        else:  # a different number of processes: data order stays exact, dropout streams are reseeded
+            self._seed_global(self.seed + 7919 * self.s["step"])
+
+    def _seed_global(self, s: int) -> None:
+        s = s + self.info.rank
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)  # noqa: NPY002 - third-party augmentations may use the legacy global RNG
+        random.seed(s)
+
+    # ------------------------------------------------------------------------------------------------- run
+    def run(self, resume: bool) -> FitResult:
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.last.is_file():
+            self._load(self.last)
+        else:
+            self._seed_global(self.seed)
+        if not self.s["done"]:
+            self._train()
+        return self._finish()
+
+    def _train(self) -> None:
+        self.raw.train()
+        bar = _progress(self.total, self.s["step"], self.cfg.progress and self.info.is_main)
+        stop = False
+        while self.s["step"] < self.total and not stop:
+            it = self._epoch_iter()
+            while self.s["batch_in_epoch"] + self.cfg.grad_accum <= self.micro_per_epoch:
+                if self.s["step"] >= self.total:
+                    break
+                micro = [next(it) for _ in range(self.cfg.grad_accum)]
+                self.s["batch_in_epoch"] += self.cfg.grad_accum
+                self._step(micro)
+                bar.update(1)
+                if self.s["step"] % self.cfg.ckpt_every == 0 and not self._epoch_ended():
+                    self._save(self.last)
+            if self._epoch_ended():
+                self.s["epoch"] += 1
+                self.s["batch_in_epoch"] = 0
+                stop = self._validate()
+                self._save(self.last)
+        bar.close()
+        self.s["done"] = True
+        self._flush_log()
+        self._save(self.last)
+
+    def _epoch_ended(self) -> bool:
+        return self.s["batch_in_epoch"] + self.cfg.grad_accum > self.micro_per_epoch
+
+    def _epoch_iter(self):
+        epoch = self.s["epoch"]
+        self.sampler.set_epoch(epoch, skip=self.s["batch_in_epoch"])
+        self.loader.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch, 1]).generate_state(1)[0]))
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        return iter(self.loader)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def _step(self, micro: list[Any]) -> None:
+        cfg, step = self.cfg, self.s["step"]
+        self._set_schedule(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = self.model.no_sync() if self.info.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    out = self.model(to_device(batch, self.device))
+                if not isinstance(out, dict) or "loss" not in out:
+                    raise TypeError(f"{type(self.raw).__name__}(batch) must return a dict with 'loss', got "
+                                    f"{type(out).__name__}{sorted(out) if isinstance(out, dict) else ''}")
+                (out["loss"].float() / cfg.grad_accum).backward()
+            for k, v in _scalars(out).items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        if hasattr(self.raw, "on_after_backward"):
+            self.raw.on_after_backward(step, self.total)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf)
+        parts = {k: float(v) for k, v in sums.items()}
+        self._check_finite(parts, float(norm))
+        self.optimizer.step()
+        self.s["step"] = step + 1
+        if hasattr(self.raw, "on_step_end"):
+            self.raw.on_step_end(self.s["step"], self.total)
+        self._log(parts, float(norm))
+
+    def _check_finite(self, parts: dict[str, float], norm: float) -> None:
+        bad = not all(math.isfinite(v) for v in parts.values()) or not math.isfinite(norm)
+        if D.any_rank(bad, self.info, self.device):
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {self.s['step'] + 1} (epoch {self.s['epoch']}) on rank "
+                f"{self.info.rank}: loss parts {parts}, gradient norm {norm}. Training stopped before the "
+                f"optimiser step; the last good checkpoint {self.last} (step {self.s['saved_step']}) is kept.")
+
+    # ----------------------------------------------------------------------------------------------- logging
+    def _log(self, parts: dict[str, float], norm: float) -> None:
+        acc = self.s["acc"]
+        for k, v in {**parts, "grad_norm": norm}.items():
+            acc[k] = acc.get(k, 0.0) + v
+        self.s["acc_n"] += 1
+        if self.s["step"] % self.cfg.log_every == 0:
+            self._flush_log()
+
+    def _flush_log(self) -> None:
+        n = self.s["acc_n"]
+        if not n:
+            return
+        means = D.all_mean({k: v / n for k, v in self.s["acc"].items()}, self.info, self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.s["history"].append({"step": self.s["step"], "epoch": self.s["epoch"], "lr": lr, **means})
+        self.s["acc"], self.s["acc_n"] = {}, 0
+        if self.info.is_main:
+            write_curves(self.out / "curves.csv", self.s["history"])
+
+    # --------------------------------------------------------------------------------- validation and end
+    def _validate(self) -> bool:
+        """Evaluate (rank 0), record, keep the best weights; True when patience is exhausted."""
+        if self.val_fn is None:
+            return False
+        self._flush_log()
+        metrics = None
+        if self.info.is_main:
+            self.raw.eval()
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in self.val_fn(self.raw).items()}
+            self.raw.train()
+        metrics = D.broadcast(metrics, self.info)
+        if self.cfg.monitor not in metrics:
+            raise KeyError(f"engine.monitor = {self.cfg.monitor!r} is not among the val_fn metrics {sorted(metrics)}")
+        epoch = self.s["epoch"] - 1  # the epoch just finished (0-based, as in the training rows)
+        self.s["history"].append({"step": self.s["step"], "epoch": epoch,
+                                  **{f"val_{k}": v for k, v in metrics.items()}})
+        value, best = metrics[self.cfg.monitor], self.s["best_metric"]
+        if best is None or (value < best if self.cfg.mode == "min" else value > best):
+            self.s["best_metric"], self.s["bad_epochs"] = value, 0
+            if self.info.is_main:
+                atomic_torch_save({"model": self.raw.state_dict(), "step": self.s["step"],
+                                   "epoch": epoch, "monitor": self.cfg.monitor, "metric": value},
+                                  self.best_path)
+            return False
+        self.s["bad_epochs"] += 1
+        return self.cfg.patience is not None and self.s["bad_epochs"] >= self.cfg.patience
+
+    def _finish(self) -> FitResult:
+        D.barrier(self.info)
+        best = None
+        if self.val_fn is not None and self.best_path.is_file():
+            self.raw.load_state_dict(load_checkpoint(self.best_path)["model"])
+            best = str(self.best_path)
+        return FitResult(history=list(self.s["history"]), steps=self.s["step"],
+                         best_metric=self.s["best_metric"], best_path=best)
+
+
+def _scalars(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
+    """The scalar entries of a module's output dict (detached), 'loss' first."""
+    res: dict[str, Any] = {}
+    for k, v in out.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            res[k] = v.detach().float()
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            res[k] = float(v)
+    return res
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    """A tqdm bar on stderr when enabled and stderr is a terminal; otherwise a no-op object."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not (enabled and sys.stderr.isatty()), unit="step",
+                dynamic_ncols=True, leave=False)
