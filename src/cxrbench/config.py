@@ -88,7 +88,18 @@ def set_key(params: dict[str, Any], assignment: str) -> None:
         if not isinstance(node.get(part), dict):
             raise ParamsError(f"override {assignment!r}: key '{dotted}' does not exist")
         node = node[part]
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = _yaml_value(raw)
+
+
+def _yaml_value(raw: str) -> Any:
+    """A YAML value, except that ``3e-4`` is a number (YAML 1.1 reads exponents without a dot as strings)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
