@@ -70,7 +70,7 @@ def test_method_params_merge_engine_defaults(params):
     p = config.method_params(params, "raddino")
     assert p["engine"]["lr"] == pytest.approx(params["pretrain"]["methods"]["raddino"]["engine"]["lr"])
     assert p["engine"]["batch_size"] == params["pretrain"]["engine"]["batch_size"]
-    assert p["engine"]["precision"] == params["precision"]
+    assert p["engine"]["precision"] == params["pretrain"]["engine"].get("precision", params["precision"])
 
 
 def test_task_params_keep_task_overrides(params):

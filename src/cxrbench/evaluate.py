@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -106,5 +107,17 @@ def run_evaluation(
         "n": dict(getattr(task_obj, "n", {})) or {"train": 0, "valid": 0, "test": 0},
         "seconds": round(time.perf_counter() - start, 3),
     }
+    _drop_training_state(out_dir)
     write_json_atomic(out_dir / "metrics.json", record)
     return _jsonable(record)
+
+
+def _drop_training_state(out_dir: Path) -> None:
+    """Keep a finished run's curves, drop its resumable engine state (weights, optimiser): the run directory is
+    versioned by DVC and must stay small. A killed run never reaches here, so it still resumes."""
+    train = Path(out_dir) / "train"
+    if not train.is_dir():
+        return
+    if (train / "curves.csv").exists():
+        shutil.copyfile(train / "curves.csv", Path(out_dir) / "curves.csv")
+    shutil.rmtree(train)

@@ -13,7 +13,7 @@ rule report:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=as_arg(
+        cfg=lambda wc: as_arg(
             {k: PARAMS[k] for k in ("matrix", "evaluate", "paths", "report", "scale")}
         ),
     shell:

@@ -68,7 +68,7 @@ class MSCXR(DatasetFormat):
 
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         (path,) = self.require(raw_dir, options.get("csv", CSV))
-        root = Path(options.get("images_root") or Path(raw_dir).resolve().parent / "mimic")
+        root = Path(options.get("images_root") or Path(raw_dir).resolve().parent / "mimic").resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"{self.title}: images_root {root} does not exist. {self.download_hint}")
         skipped: list[dict[str, Any]] = []
