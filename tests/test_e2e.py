@@ -52,12 +52,33 @@ def project(tmp_path_factory) -> Path:
     return work
 
 
+def planted_identifiers(project: Path) -> set[str]:
+    """The fake patient names, ids and birth dates the generator planted in DICOM headers and CSVs."""
+    summary = json.loads((project / "data" / "synthetic" / "SYNTHETIC.json").read_text())
+    return {str(v) for values in summary["planted_phi"].values() for v in values if len(str(v)) >= 6}
+
+
+def leaked(project: Path, planted: set[str]) -> list[str]:
+    """Every output file (prepared stores, checkpoints, runs, report, logs) that contains a planted identifier."""
+    hits = []
+    for top in ("data/prepared", "data/checkpoints", "results", ".snakemake/log"):
+        for path in (project / top).rglob("*"):
+            if path.is_file() and path.stat().st_size < 20_000_000:
+                blob = path.read_bytes()
+                hits += [f"{path.relative_to(project)}: {s}" for s in planted if s.encode() in blob]
+    return hits
+
+
 def test_snakemake_then_dvc_share_one_tree(project):
     sh(project, "snakemake", "--cores", "2")
     summary = project / "results" / "report" / "summary.json"
     first = json.loads(summary.read_text())
     assert first["linear"]["rsna"]["convirt"]["f100"] > 0
     nothing_to_do(project)  # the onsuccess handler recorded the phases in dvc.lock
+
+    planted = planted_identifiers(project)
+    assert len(planted) > 10
+    assert leaked(project, planted) == []
 
     # same seed, same machine: rerunning pretraining and everything after it gives identical metrics
     sh(project, "snakemake", "--cores", "2", "--forcerun", "pretrain")
