@@ -116,3 +116,18 @@ def make_index(columns: dict[str, Any], label_names: Sequence[str], n: int) -> p
     df = pd.DataFrame({k: (list(v) if not isinstance(v, np.ndarray) else v) for k, v in data.items()})
     extras = [c for c in df.columns if c not in order]
     return df[order + extras].reset_index(drop=True)
+
+
+def official_test_then_holdout(index: pd.DataFrame, *, random_state: int, **size: float | int) -> pd.Series:
+    """The official test rows stay test; the official train rows, in file order (``order``), are split by one
+    ``sklearn.model_selection.train_test_split(rows, **size, random_state=...)`` call into (train, valid).
+    ``size`` is ``train_size=...`` or ``test_size=...`` exactly as the reference code passes it."""
+    from sklearn.model_selection import train_test_split
+
+    split = pd.Series(np.where(index["official_split"] == "test", "test", None), index=index.index, dtype=object,
+                      name="split")
+    train = index[index["official_split"] == "train"].sort_values("order").index.to_list()
+    if train:
+        tr, va = train_test_split(train, random_state=random_state, **size)
+        split[tr], split[va] = "train", "valid"
+    return split

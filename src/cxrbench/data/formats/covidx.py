@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
-from cxrbench.data.formats._util import BadRows, check_unique, make_index
+from cxrbench.data.formats._util import BadRows, check_unique, make_index, official_test_then_holdout
 from cxrbench.registry import DATASETS
 
 CLASSES = ("normal", "pneumonia", "COVID-19")
@@ -88,18 +86,6 @@ class COVIDx(DatasetFormat):
     def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
         """Rows of the train file in file order: ``train_test_split(rows, train_size=0.8, random_state=0)`` ->
         (train, valid); the official test file = test. ``options["train_size"]`` overrides 0.8."""
-        split = pd.Series(
-            np.where(index["official_split"] == "test", "test", None),
-            index=index.index,
-            dtype=object,
-            name="split",
+        return official_test_then_holdout(
+            index, random_state=int(options.get("random_state", 0)), train_size=options.get("train_size") or 0.8
         )
-        train = index[index["official_split"] == "train"].sort_values("order").index.to_list()
-        if train:
-            tr, va = train_test_split(
-                train,
-                train_size=options.get("train_size") or 0.8,
-                random_state=int(options.get("random_state", 0)),
-            )
-            split[tr], split[va] = "train", "valid"
-        return split

@@ -11,12 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
-from cxrbench.data.formats._util import BadRows, check_unique, make_index, read_csv
+from cxrbench.data.formats._util import BadRows, check_unique, make_index, official_test_then_holdout, read_csv
 from cxrbench.registry import DATASETS
 
 TYPES = {0: "rect", 1: "ellipse", 2: "polygon"}
@@ -117,18 +115,6 @@ class ObjectCXR(DatasetFormat):
         """dev.csv = test; rows of train.csv in file order: ``train_test_split(rows, test_size=0.2,
         random_state=0)`` -> (train, valid). ``options["test_size"]`` (the released benchmark code used
         0.1)."""
-        split = pd.Series(
-            np.where(index["official_split"] == "test", "test", None),
-            index=index.index,
-            dtype=object,
-            name="split",
+        return official_test_then_holdout(
+            index, random_state=int(options.get("random_state", 0)), test_size=options.get("test_size") or 0.2
         )
-        train = index[index["official_split"] == "train"].sort_values("order").index.to_list()
-        if train:
-            tr, va = train_test_split(
-                train,
-                test_size=options.get("test_size") or 0.2,
-                random_state=int(options.get("random_state", 0)),
-            )
-            split[tr], split[va] = "train", "valid"
-        return split
