@@ -4,20 +4,63 @@ Geometric transforms (random resized crop, rotation, shear, perspective, flip) a
 sampled with ``grid_sample`` in a single batched call; intensity transforms (auto-contrast, brightness/contrast
 jitter) are per-image affine maps. Random numbers are drawn on the CPU generator (a few per image) and moved to the
 images' device, so the images themselves never leave it.
+
+Exact resume: called with ``step`` (the optimiser step) and ``ids`` (the samples' dataset rows), every image's random
+numbers come from its own generator seeded by ``sample_seed(seed, step, id)``, so the views are a pure function of
+(seed, step, row) - a run killed and resumed from a checkpoint draws exactly what an uninterrupted run draws, with
+any batch composition (grad accumulation, DDP ranks). Without ``step`` the owned stateful generator is used.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+Gen = torch.Generator | list[torch.Generator]  # one shared generator, or one per image
 
-def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+def sample_seed(seed: int, step: int, idx: int, stream: int = 0) -> int:
+    """A 63-bit generator seed that is a pure function of (seed, step, idx, stream) (numpy SeedSequence hash)."""
+    words = [int(v) % 2**64 for v in (seed, step, idx, stream)]
+    lo, hi = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32).tolist()
+    return (hi << 32 | lo) & (2**63 - 1)
+
+
+def sample_generators(
+    seed: int, step: int, ids: Sequence[int] | torch.Tensor, stream: int = 0
+) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by ``sample_seed(seed, step, id, stream)``."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    return [torch.Generator().manual_seed(sample_seed(seed, step, i, stream)) for i in ids]
+
+
+def batch_generator(seed: int, step: int, ids: Sequence[int] | torch.Tensor, stream: int = 0) -> torch.Generator:
+    """One CPU generator for a whole batch, seeded by a hash of (seed, step, stream, every id in order)."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    words = [int(v) % 2**64 for v in (seed, step, stream, *ids)]
+    lo, hi = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32).tolist()
+    return torch.Generator().manual_seed((hi << 32 | lo) & (2**63 - 1))
+
+
+def _rand(gen: Gen, n: int, k: int = 1) -> torch.Tensor:
+    """U[0, 1) numbers: (n,) for k == 1 else (n, k). A list of n generators gives row i from generator i."""
+    if isinstance(gen, torch.Generator):
+        u = torch.rand(n * k, generator=gen)
+    else:
+        if len(gen) != n:
+            raise ValueError(f"_augment: {len(gen)} generators for a batch of {n} images")
+        u = torch.cat([torch.rand(k, generator=g) for g in gen]) if n else torch.zeros(0)
+    return u if k == 1 else u.reshape(n, k)
+
+
+def _uniform(gen: Gen, n: int, lo: float, hi: float, k: int = 1) -> torch.Tensor:
+    return lo + (hi - lo) * _rand(gen, n, k)
 
 
 @dataclass
@@ -50,8 +93,9 @@ class ViewConfig:
         return cls(size=size, **{k: v for k, v in p.items() if k != "size"})
 
 
-def warp_matrices(n: int, cfg: ViewConfig, gen: torch.Generator) -> torch.Tensor:
-    """(n, 3, 3) maps output coords (u, v, 1) in [-1, 1] to input coords (projective; see the module docstring)."""
+def warp_matrices(n: int, cfg: ViewConfig, gen: Gen) -> torch.Tensor:
+    """(n, 3, 3) maps output coords (u, v, 1) in [-1, 1] to input coords (projective; see the module docstring).
+    ``gen``: one generator for the batch, or a list of n (one per image)."""
     area = _uniform(gen, n, *cfg.scale)
     logr = _uniform(gen, n, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
     w = torch.sqrt(area * logr.exp()).clamp(max=1.0)
@@ -60,14 +104,14 @@ def warp_matrices(n: int, cfg: ViewConfig, gen: torch.Generator) -> torch.Tensor
     cy = (1 - h) * _uniform(gen, n, -1, 1)
     th = torch.deg2rad(_uniform(gen, n, -cfg.degrees, cfg.degrees))
     sh = torch.tan(torch.deg2rad(_uniform(gen, n, -cfg.shear, cfg.shear)))
-    flip = torch.where(torch.rand(n, generator=gen) < cfg.hflip, -1.0, 1.0)
+    flip = torch.where(_rand(gen, n) < cfg.hflip, -1.0, 1.0)
     m = torch.zeros(n, 3, 3)
     cos, sin = torch.cos(th), torch.sin(th)
     # R(th) @ [[1, sh], [0, 1]] @ diag(w * flip, h)
     m[:, 0, 0], m[:, 0, 1] = cos * w * flip, (cos * sh - sin) * h
     m[:, 1, 0], m[:, 1, 1] = sin * w * flip, (sin * sh + cos) * h
     m[:, 0, 2], m[:, 1, 2], m[:, 2, 2] = cx, cy, 1.0
-    m[:, 2, :2] = cfg.perspective * _uniform(gen, 2 * n, -1, 1).reshape(n, 2)
+    m[:, 2, :2] = cfg.perspective * _uniform(gen, n, -1, 1, k=2)
     return m
 
 
@@ -81,13 +125,13 @@ def warp(x: torch.Tensor, mats: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def intensity(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> torch.Tensor:
+def intensity(x: torch.Tensor, cfg: ViewConfig, gen: Gen) -> torch.Tensor:
     """Auto-contrast (per-image min/max -> [0, 1]) with prob ``cfg.autocontrast``, then brightness/contrast."""
     B = x.shape[0]
     dev = x.device
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    ac = (torch.rand(B, generator=gen) < cfg.autocontrast).to(dev).reshape(B, 1, 1, 1)
+    ac = (_rand(gen, B) < cfg.autocontrast).to(dev).reshape(B, 1, 1, 1)
     x = torch.where(ac, (x - lo) / (hi - lo).clamp_min(1e-6), x)
     b = _uniform(gen, B, 1 - cfg.brightness, 1 + cfg.brightness).to(dev).reshape(B, 1, 1, 1)
     c = _uniform(gen, B, 1 - cfg.contrast, 1 + cfg.contrast).to(dev).reshape(B, 1, 1, 1)
@@ -99,12 +143,26 @@ class ViewAugment:
     """Random views of a batch of [0, 1] images (B, C, H, W) -> (B, C, size, size); own seeded generator."""
 
     def __init__(self, cfg: ViewConfig, seed: int) -> None:
-        self.cfg = cfg
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.cfg, self.seed = cfg, int(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = warp(x, warp_matrices(x.shape[0], self.cfg, self.gen), self.cfg.size)
-        return intensity(x, self.cfg, self.gen)
+    def __call__(self, x: torch.Tensor, *, step: int | None = None,
+                 ids: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """With ``step``: per-image generators from (seed, step, ids[i]) (ids default: positions 0..B-1)."""
+        gen = keyed(self.seed, step, ids, x.shape[0]) or self.gen
+        x = warp(x, warp_matrices(x.shape[0], self.cfg, gen), self.cfg.size)
+        return intensity(x, self.cfg, gen)
+
+
+def keyed(seed: int, step: int | None, ids: Sequence[int] | torch.Tensor | None, n: int,
+          stream: int = 0) -> list[torch.Generator] | None:
+    """Per-image generators for (seed, step, ids) or None when ``step`` is None (use the owned generator)."""
+    if step is None:
+        return None
+    ids = range(n) if ids is None else ids
+    if len(ids) != n:
+        raise ValueError(f"_augment: {len(ids)} sample ids for a batch of {n} images")
+    return sample_generators(seed, step, ids, stream)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,18 +188,22 @@ class MultiCrop:
     """x (B, C, H, W) -> (globals: list of 2 (B, C, Sg, Sg), locals: list of n_local (B, C, Sl, Sl))."""
 
     def __init__(self, cfg: MultiCropConfig, seed: int) -> None:
-        self.cfg = cfg
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.cfg, self.seed = cfg, int(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
         base = {**cfg.view}
         self.global_view = ViewConfig.from_params({**base, "scale": cfg.global_scale}, cfg.global_size)
         self.local_view = ViewConfig.from_params({**base, "scale": cfg.local_scale}, cfg.local_size)
 
-    def _view(self, x: torch.Tensor, v: ViewConfig) -> torch.Tensor:
-        return intensity(warp(x, warp_matrices(x.shape[0], v, self.gen), v.size), v, self.gen)
+    @staticmethod
+    def _view(x: torch.Tensor, v: ViewConfig, gen: Gen) -> torch.Tensor:
+        return intensity(warp(x, warp_matrices(x.shape[0], v, gen), v.size), v, gen)
 
-    def __call__(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        globals_ = [self._view(x, self.global_view) for _ in range(2)]
-        locals_ = [self._view(x, self.local_view) for _ in range(self.cfg.n_local)]
+    def __call__(self, x: torch.Tensor, *, step: int | None = None,
+                 ids: Sequence[int] | torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """With ``step``: image i's crops all come from its generator for (seed, step, ids[i]), in crop order."""
+        gen = keyed(self.seed, step, ids, x.shape[0]) or self.gen
+        globals_ = [self._view(x, self.global_view, gen) for _ in range(2)]
+        locals_ = [self._view(x, self.local_view, gen) for _ in range(self.cfg.n_local)]
         return globals_, locals_
 
 

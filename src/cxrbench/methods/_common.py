@@ -65,8 +65,10 @@ class ImageInput(nn.Module):
         self.normalize = normalize
         self.augment = ViewAugment(ViewConfig.from_params(augment, self.image_size), seed)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        view = self.augment(x) if self.training else resize(x, self.image_size)
+    def forward(self, x: torch.Tensor, step: int | None = None,
+                ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``step``/``ids`` (optimiser step, dataset rows): views a pure function of (seed, step, row), resumable."""
+        view = self.augment(x, step=step, ids=ids) if self.training else resize(x, self.image_size)
         return view, self.prepare(view)
 
     def prepare(self, view: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,7 @@ class G2DModule(StepCounter):
         return self.text_projector(t.tokens.transpose(1, 2))[:, :, 0]
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        view, x = self.input(batch_images(batch, self))
+        view, x = self.input(batch_images(batch, self), self.step, batch.get("row"))
         out, img, attn, _ = self.image_features(x)
         loss_g = symmetric_infonce(img, self.text_features(list(batch["text"])), temperature=self.temperature,
                                    variant=self.variant)

@@ -65,7 +65,7 @@ class MFLAGModule(StepCounter):
         return self.text_projector(cls)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        _, x = self.input(batch_images(batch, self))
+        _, x = self.input(batch_images(batch, self), self.step, batch.get("row"))
         v = self.encoder(x).pooled
         zv = self.visual_projector(v)
         zt = self.text_features(list(batch["text"]))

@@ -29,7 +29,7 @@ from cxrbench.losses import (
     teacher_softmax_centered,
     update_center,
 )
-from cxrbench.methods._augment import MultiCrop, MultiCropConfig, block_masks, to_input
+from cxrbench.methods._augment import MultiCrop, MultiCropConfig, batch_generator, block_masks, to_input
 from cxrbench.methods._base import Method
 from cxrbench.methods._common import StepCounter, batch_images, build_encoder, normalization, seeded
 from cxrbench.registry import METHODS
@@ -55,7 +55,7 @@ class DINOHead(nn.Module):
 class RADDINOModule(StepCounter):
     def __init__(self, p: dict[str, Any]) -> None:
         super().__init__()
-        seed = int(p.get("seed", 0))
+        seed = self.seed = int(p.get("seed", 0))
         self.w = {k: float(p.get(f"{k}_weight", d)) for k, d in (("dino", 1.0), ("ibot", 1.0), ("koleo", 0.1))}
         self.student_temp = float(p.get("student_temp", 0.1))
         self.teacher_temp = (float(p.get("teacher_temp_start", 0.04)), float(p.get("teacher_temp", 0.07)))
@@ -76,7 +76,6 @@ class RADDINOModule(StepCounter):
             if k in crops:
                 crops[k] = tuple(crops[k])
         self.multicrop = MultiCrop(MultiCropConfig(**crops), seed)
-        self.mask_gen = torch.Generator().manual_seed(seed + 1)
         self.encoder = build_encoder(p, "raddino")
         K = int(p.get("prototypes", 65536))
         hidden, bottleneck = int(p.get("head_hidden", 2048)), int(p.get("head_bottleneck", 256))
@@ -105,20 +104,21 @@ class RADDINOModule(StepCounter):
         if self.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(logits, temperature=temp)
         probs = teacher_softmax_centered(logits, getattr(self, center_name), temperature=temp)
-        if self.training:
+        if self.training and logits.shape[0] > 0:  # no masked patch in the batch: the iBOT centre stays
             setattr(self, center_name, update_center(getattr(self, center_name), logits,
                                                      momentum=self.center_momentum))
         return probs
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch_images(batch, self)
-        globals_, locals_ = self.multicrop(x)
         B, m, s = x.shape[0], self.normalize["mean"], self.normalize["std"]
+        ids = batch.get("row", torch.arange(B))  # crops and masks: pure functions of (seed, step, rows)
+        globals_, locals_ = self.multicrop(x, step=self.step, ids=ids)
         g = to_input(torch.cat(globals_), m, s)
-        p = self.encoder.patch_size
+        p, gen = self.encoder.patch_size, batch_generator(self.seed, self.step, ids, stream=1)
         masks = block_masks(2 * B, g.shape[-2] // p, g.shape[-1] // p, ratio=self.mask_ratio,
-                            probability=self.mask_probability, gen=self.mask_gen).to(x.device)
-        masks = masks[torch.randperm(2 * B, generator=self.mask_gen)].to(x.device)  # which images: random
+                            probability=self.mask_probability, gen=gen)
+        masks = masks[torch.randperm(2 * B, generator=gen)].to(x.device)  # which images: random
         with torch.no_grad():
             t_out = self.teacher_encoder(g)
             t_cls = self._targets(self.teacher_head(t_out.pooled), "dino_center")
