@@ -56,8 +56,8 @@ def test_dvc_params_exist_in_params_yaml(root, params):
 
 def test_snakemake_plans_exactly_the_matrix(root, params):
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--summary", "--cores", "1", "--nolock"], cwd=root, capture_output=True, text=True,
-        check=True,
+        [sys.executable, "-m", "snakemake", "--summary", "--cores", "1", "--nolock"],
+        cwd=root, capture_output=True, text=True, check=True,
     )
     planned = {line.split("\t")[0] for line in out.stdout.splitlines()[1:] if "\t" in line}
     expected = set(matrix.all_targets(params))
