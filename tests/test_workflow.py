@@ -41,7 +41,7 @@ def test_every_phase_target_is_a_dvc_output_of_that_phase(root, params):
 def test_each_dvc_stage_runs_its_snakemake_phase(root):
     stages = _dvc_stages(root)
     for phase, rule in PHASE_RULES.items():
-        cmd = stages[phase]["cmd"].replace("${SMK}", "snakemake --cores all --quiet rules")
+        cmd = stages[phase]["cmd"].replace("${SMK}", "snakemake --quiet rules --cores all")
         assert re.search(rf"snakemake .*\b{rule}$", cmd), cmd
 
 

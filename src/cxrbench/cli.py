@@ -135,7 +135,7 @@ def cmd_use_params(args: argparse.Namespace) -> int:
 def cmd_dvc_sync(args: argparse.Namespace) -> int:
     from cxrbench.dvcsync import sync
 
-    return sync(Path.cwd(), force=args.force)
+    return sync(Path.cwd())
 
 
 def _add_params(p: argparse.ArgumentParser, resolved: bool = False) -> None:
@@ -185,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p = add("use-params", cmd_use_params, "merge a parameter set (e.g. workflow/params/paper.yaml) into params.yaml")
     p.add_argument("file")
-    p = add("dvc-sync", cmd_dvc_sync, "record in dvc.lock the phases Snakemake has completed (dvc commit)")
-    p.add_argument("--force", action="store_true")
+    add("dvc-sync", cmd_dvc_sync, "record in dvc.lock the phases Snakemake reports up to date (dvc commit)")
     return ap
 
 

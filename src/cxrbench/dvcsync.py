@@ -32,13 +32,16 @@ def complete_stages(root: Path) -> list[str]:
 
 
 #: dvc.yaml stage -> the Snakemake rule that builds that phase
-PHASE_RULES = {"data": "data", "pretrain": "pretrain_all", "evaluate": "evaluate_all", "report": "all"}
+PHASE_RULES = {
+    "synthetic": "generate_synthetic", "data": "data", "pretrain": "pretrain_all", "evaluate": "evaluate_all",
+    "report": "all",
+}
 
 
 def snakemake_up_to_date(root: Path, rule: str) -> bool:
     """True when ``snakemake -n <rule>`` has nothing to do (``--nolock``: safe inside a running workflow)."""
     out = subprocess.run(
-        ["snakemake", "-n", "--nolock", "--quiet", "rules", rule], cwd=root, capture_output=True, text=True, check=False
+        ["snakemake", rule, "-n", "--nolock", "--quiet", "rules"], cwd=root, capture_output=True, text=True, check=False
     )
     return out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
 
