@@ -46,7 +46,7 @@ class Store:
 @pytest.fixture
 def patched(monkeypatch):
     pre = Pretrained(method="standin", backbone=MeanBackbone(), image_size=16, normalize={"mean": 0.5, "std": 0.5})
-    monkeypatch.setattr(ev, "load_pretrained", lambda path: pre)
+    monkeypatch.setattr(ev, "load_pretrained", lambda path, full=True: pre)
     monkeypatch.setattr(ev, "open_dataset", lambda path: Store())
     return pre
 

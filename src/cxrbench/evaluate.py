@@ -25,11 +25,16 @@ from cxrbench.registry import TASKS
 from cxrbench.tasks._base import NotApplicable
 
 
-def load_pretrained(ckpt_dir: Path) -> Any:
-    """The checkpoint directory as a :class:`cxrbench.methods._base.Pretrained` (imported lazily)."""
+def load_pretrained(ckpt_dir: Path, *, full: bool = True) -> Any:
+    """The checkpoint directory as a :class:`cxrbench.methods._base.Pretrained` (imported lazily); ``full=False``
+    skips the full model (text tower, decoder), which only zero-shot tasks and the encoder-decoder setting use."""
     from cxrbench.pretrain import load_pretrained as load
 
-    return load(ckpt_dir)
+    return load(ckpt_dir, full=full)
+
+
+def needs_full_model(task: Any) -> bool:
+    return bool(task.requires_text or task.params.get("setting") == "encoder_decoder")
 
 
 def open_dataset(dataset_dir: Path) -> Any:
@@ -85,7 +90,7 @@ def run_evaluation(
         raise ValueError(f"{dataset_dir}: prepared store holds dataset {store.name!r}, but the run names {dataset!r}")
     if task_obj.datasets and dataset not in task_obj.datasets:
         raise ValueError(f"task {task!r} runs on {list(task_obj.datasets)}, not on dataset {dataset!r}")
-    pretrained = load_pretrained(Path(ckpt_dir))
+    pretrained = load_pretrained(Path(ckpt_dir), full=needs_full_model(task_obj))
     run = {"method": pretrained.method, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
     write_json_atomic(
         out_dir / "config.json",

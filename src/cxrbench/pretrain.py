@@ -113,9 +113,10 @@ def export(module: Any, method: str, params: dict[str, Any], out_dir: Path, *,
     return counts
 
 
-def load_pretrained(ckpt_dir: Path) -> Pretrained:
+def load_pretrained(ckpt_dir: Path, *, full: bool = True) -> Pretrained:
     """Rebuild a checkpoint directory: the encoder (encoder.pt) and, for methods with a text tower, the whole model
-    through the registry (``.vl``, eval mode); ``.full_state`` holds G2D's encoder-decoder."""
+    through the registry (``.vl``, eval mode); ``.full_state`` holds G2D's encoder-decoder. ``full=False`` loads the
+    encoder alone (what frozen-encoder tasks use: it skips building the text tower)."""
     from cxrbench.methods.external import load_cxrbench_encoder
 
     ckpt_dir = Path(ckpt_dir)
@@ -126,7 +127,7 @@ def load_pretrained(ckpt_dir: Path) -> Pretrained:
     out = Pretrained(method=meta["method"], backbone=backbone.eval(), image_size=int(meta["image_size"]),
                      normalize=dict(meta["normalize"]))
     m_cls = METHODS.get(meta["method"])
-    if m_cls.has_text or getattr(m_cls, "dense", False):
+    if full and (m_cls.has_text or getattr(m_cls, "dense", False)):
         full = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)
         module = m_cls(full["params"]).build()
         module.load_state_dict(full["state_dict"])

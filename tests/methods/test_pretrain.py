@@ -70,3 +70,17 @@ def test_random_export_is_seeded(tmp_path, store, tiny_params):
     w = "conv1.weight"
     assert torch.equal(sd["a"][w], sd["b"][w]) and not torch.equal(sd["a"][w], sd["c"][w])
     assert a["steps"] == 0 and a["parameters"]["model"]["trainable"] == a["parameters"]["encoder"]["total"]
+
+
+def test_encoder_only_load_skips_the_full_model(tmp_path, tiny_params, corpus):
+    from cxrbench.pretrain import export, load_pretrained
+    from cxrbench.registry import METHODS
+
+    params = {**tiny_params["convirt"], "seed": 0}
+    module = METHODS.get("convirt")(params).build(corpus=corpus)
+    export(module, "convirt", params, tmp_path)
+    light = load_pretrained(tmp_path, full=False)
+    full = load_pretrained(tmp_path)
+    assert light.vl is None and full.vl is not None  # the text tower is only built when asked for
+    for a, b in zip(light.backbone.state_dict().values(), full.backbone.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
