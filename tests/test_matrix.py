@@ -12,7 +12,7 @@ def test_run_count_is_the_product_of_the_lists(params):
         f = len(tasks[task].get("fractions", params["matrix"]["fractions"]))
         s = len(tasks[task].get("seeds", params["matrix"]["seeds"]))
         expected += m * len(tasks[task]["datasets"]) * f * s
-    assert len(matrix.runs(params)) == expected == 155
+    assert len(matrix.runs(params)) == expected == 170
 
 
 def test_runs_are_unique_sorted_and_deterministic(params):
@@ -47,7 +47,7 @@ def test_datasets_include_corpus_and_dependencies(params):
 
 def test_targets_cover_every_phase(params):
     t = matrix.targets(params)
-    assert len(t["evaluate"]) == 155
+    assert len(t["evaluate"]) == 170
     assert t["pretrain"] == [f"data/checkpoints/{m}" for m in params["matrix"]["methods"]]
     assert "results/report/summary.json" in t["report"]
     assert len(matrix.all_targets(params)) == sum(len(v) for v in t.values())
