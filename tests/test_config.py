@@ -75,8 +75,9 @@ def test_method_params_merge_engine_defaults(params):
 
 def test_task_params_keep_task_overrides(params):
     p = config.task_params(params, "segmentation")
-    assert p["engine"]["weight_decay"] == pytest.approx(0.05)
-    assert p["engine"]["epochs"] == params["evaluate"]["engine"]["epochs"]
+    assert p["engine"]["weight_decay"] == pytest.approx(0.05)  # the task's own value
+    assert p["engine"]["batch_size"] == params["evaluate"]["engine"]["batch_size"]  # the shared default
+    assert "datasets" in p and p["datasets"] == params["evaluate"]["tasks"]["segmentation"]["datasets"]
 
 
 @pytest.mark.parametrize("name", ["ci.yaml", "paper.yaml"])
