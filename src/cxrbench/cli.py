@@ -66,7 +66,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tmp = marker.with_suffix(".json.tmp")
     tmp.write_text(config.dumps(summary))
     tmp.replace(marker)
-    print(config.dumps(summary))
+    # the planted fake identifiers stay beside the raw data (for the privacy tests), out of logs
+    print(config.dumps({k: v for k, v in summary.items() if k != "planted_phi"}))
     return 0
 
 
