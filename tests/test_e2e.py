@@ -91,10 +91,10 @@ def test_snakemake_then_dvc_share_one_tree(project):
 
     # a parameter change, reproduced by DVC (which runs Snakemake on the stale phases)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"]["engine"]["epochs"] += 1
+    params["evaluate"]["tasks"]["linear"]["engine"]["lr"] /= 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(project, "dvc", "repro")
-    assert "evaluate.engine.epochs" in sh(project, "dvc", "params", "diff")
+    assert "evaluate.tasks.linear.engine.lr" in sh(project, "dvc", "params", "diff")
     diff = sh(project, "dvc", "metrics", "diff", "--all")
     assert "summary.json" in diff and "linear.rsna.convirt.f100" in diff
     nothing_to_do(project)

@@ -13,8 +13,6 @@ rule report:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=lambda wc: as_arg(
-            {k: PARAMS[k] for k in ("matrix", "evaluate", "paths", "report", "scale")}
-        ),
+        cfg=lambda wc: as_arg(matrix.report_params(PARAMS)),
     shell:
         "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench report --resolved {params.cfg} > {log} 2>&1"
