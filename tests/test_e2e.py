@@ -76,6 +76,13 @@ def test_snakemake_then_dvc_share_one_tree(project):
     assert first["linear"]["rsna"]["convirt"]["f100"] > 0
     nothing_to_do(project)  # the onsuccess handler recorded the phases in dvc.lock
 
+    # the results behave like the papers' where they should (issue: pretrained beats random, more data does not hurt)
+    for task, dataset in (("linear", "rsna"), ("segmentation", "siim")):
+        cell = first[task][dataset]
+        assert cell["convirt"]["f100"] > cell["random"]["f100"] + 0.02, (task, cell)
+        for method in ("random", "convirt"):
+            assert cell[method]["f100"] >= cell[method]["f10"] - 0.02, (task, method, cell)
+
     planted = planted_identifiers(project)
     assert len(planted) > 10
     assert leaked(project, planted) == []
