@@ -36,8 +36,8 @@ def nothing_to_do(cwd: Path) -> None:
     assert "up to date" in status, f"dvc status is not clean:\n{status}"
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def new_project(tmp_path_factory) -> Path:
+    """A clean checkout of the project (CI parameters), as git and DVC repositories."""
     root = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("project")
     for name in COPY:
@@ -50,6 +50,20 @@ def project(tmp_path_factory) -> Path:
     sh(work, "dvc", "init", "-q")
     sh(work, "dvc", "config", "core.autostage", "true")
     return work
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return new_project(tmp_path_factory)
+
+
+def test_dvc_repro_from_a_clean_checkout(tmp_path_factory):
+    work = new_project(tmp_path_factory)
+    sh(work, "dvc", "repro")
+    summary = json.loads((work / "results" / "report" / "summary.json").read_text())
+    assert set(summary) == {"linear", "segmentation"}
+    assert "linear.rsna.convirt.f100" in sh(work, "dvc", "metrics", "show")
+    nothing_to_do(work)
 
 
 def planted_identifiers(project: Path) -> set[str]:

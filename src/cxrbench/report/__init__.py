@@ -111,7 +111,9 @@ def markdown(tab: pd.DataFrame, scale: str) -> str:
         "",
     ]
     for task, part in tab.groupby("task", sort=False):
-        lines += [f"## {task}", "", part.drop(columns=["task"]).to_markdown(index=False), ""]
+        shown = part.drop(columns=["task"]).astype(object)
+        shown = shown.where(shown.notna(), "")  # blank, not "nan", where a cell has no value (e.g. sd of one seed)
+        lines += [f"## {task}", "", shown.to_markdown(index=False), ""]
     return "\n".join(lines)
 
 
