@@ -9,7 +9,7 @@ rule pretrain:
         f"{BENCH}/pretrain/{{method}}.tsv"
     conda:
         ENV
-    threads: 8
+    threads: 1  # small demo models train best one per core; clusters raise it (profiles: set-threads)
     resources:
         mem_mb=16000,
         runtime=2880,
