@@ -19,7 +19,8 @@ from cxrbench.report.published import load_published, published_for
 
 #: the metric each task is summarised by (the papers' headline metric, in its reference form)
 PRIMARY = {
-    "linear": "AUROC", "finetune": "AUROC", "segmentation": "Dice@reference", "detection": "mAP@reference",
+    "linear": "AUROC", "finetune": "AUROC", "segmentation": "Dice@reference", "segmentation_ed": "Dice@reference",
+    "detection": "mAP@reference",
     "zeroshot": "AUROC", "grounding": "PointingGame",
 }
 PRIMARY_BY_DATASET = {("linear", "covidx"): "ACC"}

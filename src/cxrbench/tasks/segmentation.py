@@ -68,6 +68,8 @@ def decoder_state(full_state: dict[str, Any] | None, decoder: UNetDecoder) -> tu
     if not full_state:
         return None, "the method's checkpoint has no full model state (no pretrained decoder)"
     sd = full_state.get("state_dict", full_state)
+    if isinstance(sd.get("decoder"), dict):  # G2D's full_state: {"encoder": ..., "decoder": ..., "decoder_kwargs"}
+        sd = {f"decoder.{k}": v for k, v in sd["decoder"].items()}
     own = decoder.state_dict()
     found: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
