@@ -80,7 +80,8 @@ def report_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters the report reads: the matrix (which runs exist) and its own section, nothing that changes a
     run's result, so a change to a training parameter reruns the report only through the runs it changes."""
     keep = ("datasets", "fractions", "seeds")
-    tasks = {t: {k: v for k, v in params["evaluate"]["tasks"][t].items() if k in keep} for t in params["matrix"]["tasks"]}
+    sections = params["evaluate"]["tasks"]
+    tasks = {t: {k: v for k, v in sections[t].items() if k in keep} for t in params["matrix"]["tasks"]}
     return {"matrix": params["matrix"], "evaluate": {"tasks": tasks}, "paths": params["paths"],
             "report": params["report"], "scale": params["scale"]}
 
