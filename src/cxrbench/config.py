@@ -113,22 +113,22 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def method_params(params: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """Resolved parameters of one pretraining method: its section, engine defaults merged under its ``engine``."""
-    section = params["pretrain"]["methods"][method]
-    resolved = merge({"engine": params["pretrain"]["engine"]}, section)
+def _over_engine(params: Mapping[str, Any], stage: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    """``section`` merged over the stage's shared ``engine``; precision and device default to the global keys."""
+    resolved = merge({"engine": params[stage]["engine"]}, section)
     resolved["engine"].setdefault("precision", params["precision"])
     resolved["engine"].setdefault("device", params["device"])
     return resolved
+
+
+def method_params(params: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """Resolved parameters of one pretraining method: its section, engine defaults merged under its ``engine``."""
+    return _over_engine(params, "pretrain", params["pretrain"]["methods"][method])
 
 
 def task_params(params: Mapping[str, Any], task: str) -> dict[str, Any]:
     """Resolved parameters of one downstream task (its section over the shared evaluate engine defaults)."""
-    section = params["evaluate"]["tasks"][task]
-    resolved = merge({"engine": params["evaluate"]["engine"]}, section)
-    resolved["engine"].setdefault("precision", params["precision"])
-    resolved["engine"].setdefault("device", params["device"])
-    return resolved
+    return _over_engine(params, "evaluate", params["evaluate"]["tasks"][task])
 
 
 def dataset_params(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
