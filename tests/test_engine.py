@@ -207,3 +207,33 @@ def test_hooks_and_param_groups(tmp_path):
     assert m.ends == [(1, 3), (2, 3), (3, 3)]
     assert res.history[0]["lr"] == pytest.approx(0.1)  # the first group's own lr
     assert not torch.equal(m.lin.bias, b0)
+
+
+class FrozenPlusHead(Linear):
+    """Linear with a frozen 'encoder' that the module declares constant (checkpoint_exclude)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(8, 8)
+        self.encoder.requires_grad_(False)
+
+    def checkpoint_exclude(self):
+        return ("encoder.",)
+
+
+def test_checkpoint_exclude_leaves_frozen_state_out_and_resumes(tmp_path):
+    ds = Regression()
+    full = FrozenPlusHead()
+    fit(full, ds, cfg(epochs=3), tmp_path / "full", seed=0, val_fn=lambda m: {"loss": 1.0})
+    ck = load_checkpoint(tmp_path / "full" / "last.ckpt")
+    assert set(ck["model"]) == {"lin.weight", "lin.bias"}
+    assert set(load_checkpoint(tmp_path / "full" / "best.ckpt")["model"]) == {"lin.weight", "lin.bias"}
+    again = FrozenPlusHead()
+    fit(again, ds, cfg(epochs=3), tmp_path / "full", seed=0, val_fn=lambda m: {"loss": 1.0})  # loads, trains nothing
+    assert torch.equal(again.lin.weight, full.lin.weight) and torch.equal(again.encoder.weight, full.encoder.weight)
+    assert not torch.equal(again.lin.weight, FrozenPlusHead().lin.weight)
+    broken = load_checkpoint(tmp_path / "full" / "last.ckpt")
+    del broken["model"]["lin.bias"]
+    torch.save(broken, tmp_path / "full" / "last.ckpt")
+    with pytest.raises(RuntimeError, match="missing"):
+        fit(FrozenPlusHead(), ds, cfg(epochs=3), tmp_path / "full", seed=0)

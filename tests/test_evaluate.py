@@ -45,8 +45,9 @@ class Store:
 
 @pytest.fixture
 def patched(monkeypatch):
-    pre = Pretrained(method="standin", backbone=MeanBackbone(), image_size=16, normalize={"mean": 0.5, "std": 0.5})
+    pre = Pretrained(method="random", backbone=MeanBackbone(), image_size=16, normalize={"mean": 0.5, "std": 0.5})
     monkeypatch.setattr(ev, "load_pretrained", lambda path, full=True: pre)
+    monkeypatch.setattr(ev, "checkpoint_method", lambda path: "random")
     monkeypatch.setattr(ev, "open_dataset", lambda path: Store())
     return pre
 
@@ -76,7 +77,7 @@ def test_metrics_json_schema(patched, tmp_path):
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk == rec
     assert set(rec) == {"run", "status", "reason", "metrics", "metric_forms", "n", "seconds"}
-    assert rec["run"] == {"method": "standin", "task": "linear", "dataset": "chexpert", "fraction": 100, "seed": 0}
+    assert rec["run"] == {"method": "random", "task": "linear", "dataset": "chexpert", "fraction": 100, "seed": 0}
     assert rec["status"] == "ok" and rec["reason"] is None
     assert rec["metrics"]["AUROC"] == 1.0 and {"AUROC/Atelectasis", "AUROC/Edema"} <= set(rec["metrics"])
     assert "AUROC" in rec["metric_forms"] and rec["n"] == {"train": 10, "valid": 10, "test": 10}
@@ -111,3 +112,31 @@ def test_wrong_dataset_is_an_error(patched, tmp_path):
 def test_nan_is_written_as_null(tmp_path):
     ev.write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": np.float32(0.5)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": 0.5}
+
+
+@pytest.mark.parametrize(("method", "task", "needs"), [("random", "zeroshot", "text tower"),
+                                                        ("convirt", "segmentation_ed", "pretrained decoder")])
+def test_not_applicable_is_decided_before_anything_is_loaded(monkeypatch, tmp_path, method, task, needs):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run that cannot apply must not load the checkpoint or the dataset")
+
+    monkeypatch.setattr(ev, "checkpoint_method", lambda path: method)
+    monkeypatch.setattr(ev, "load_pretrained", refuse)
+    monkeypatch.setattr(ev, "open_dataset", refuse)
+    rec = ev.run_evaluation(ckpt_dir=tmp_path / "ckpt", task=task, dataset_dir=tmp_path / "data", dataset="siim",
+                            fraction=100, seed=0, task_params={}, out_dir=tmp_path / "run")
+    assert rec["status"] == "not_applicable" and needs in rec["reason"] and method in rec["reason"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "not_applicable"
+
+
+def test_checkpoint_method_reads_config_then_encoder(tmp_path):
+    from cxrbench.pretrain import checkpoint_method
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text(json.dumps({"method": "g2d"}))
+    assert checkpoint_method(tmp_path / "a") == "g2d"
+    (tmp_path / "b").mkdir()
+    torch.save({"method": "mflag", "state_dict": {}}, tmp_path / "b" / "encoder.pt")
+    assert checkpoint_method(tmp_path / "b") == "mflag"
+    with pytest.raises(FileNotFoundError, match="encoder.pt"):
+        checkpoint_method(tmp_path / "c")

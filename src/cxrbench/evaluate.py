@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cxrbench.registry import TASKS
+from cxrbench.registry import METHODS, TASKS
 from cxrbench.tasks._base import NotApplicable
 
 
@@ -33,8 +33,15 @@ def load_pretrained(ckpt_dir: Path, *, full: bool = True) -> Any:
     return load(ckpt_dir, full=full)
 
 
+def checkpoint_method(ckpt_dir: Path) -> str:
+    """The method that wrote a checkpoint directory: ``config.json``'s ``method``, else ``encoder.pt``'s."""
+    from cxrbench.pretrain import checkpoint_method as read
+
+    return read(ckpt_dir)
+
+
 def needs_full_model(task: Any) -> bool:
-    return bool(task.requires_text or task.params.get("setting") == "encoder_decoder")
+    return bool(task.requires_text or task.requires_decoder)
 
 
 def open_dataset(dataset_dir: Path) -> Any:
@@ -85,13 +92,10 @@ def run_evaluation(
     out_dir = Path(out_dir)
     params = {**task_params, "cache_dir": str(cache_dir or task_params.get("cache_dir") or "data/features")}
     task_obj = TASKS.get(task)(params)
-    store = open_dataset(Path(dataset_dir))
-    if str(store.name) != dataset:
-        raise ValueError(f"{dataset_dir}: prepared store holds dataset {store.name!r}, but the run names {dataset!r}")
     if task_obj.datasets and dataset not in task_obj.datasets:
         raise ValueError(f"task {task!r} runs on {list(task_obj.datasets)}, not on dataset {dataset!r}")
-    pretrained = load_pretrained(Path(ckpt_dir), full=needs_full_model(task_obj))
-    run = {"method": pretrained.method, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
+    method = checkpoint_method(Path(ckpt_dir))
+    run = {"method": method, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
     write_json_atomic(
         out_dir / "config.json",
         {"run": run, "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir), "task_params": params},
@@ -99,6 +103,13 @@ def run_evaluation(
     torch.manual_seed(seed)
     status, reason, metrics = "ok", None, {}
     try:
+        task_obj.check_method(METHODS.get(method))  # from the class alone: no checkpoint or dataset loaded yet
+        store = open_dataset(Path(dataset_dir))
+        if str(store.name) != dataset:
+            raise ValueError(
+                f"{dataset_dir}: prepared store holds dataset {store.name!r}, but the run names {dataset!r}"
+            )
+        pretrained = load_pretrained(Path(ckpt_dir), full=needs_full_model(task_obj))
         task_obj.check(pretrained)
         metrics = task_obj.run(pretrained, store, int(fraction), int(seed), out_dir)
     except NotApplicable as err:

@@ -113,6 +113,24 @@ def export(module: Any, method: str, params: dict[str, Any], out_dir: Path, *,
     return counts
 
 
+def checkpoint_method(ckpt_dir: Path) -> str:
+    """The registered method name of a checkpoint directory, read without building anything: ``config.json``'s
+    ``method`` (written by ``pretrain``), else the ``method`` entry of ``encoder.pt``."""
+    ckpt_dir = Path(ckpt_dir)
+    config = ckpt_dir / "config.json"
+    if config.is_file():
+        try:
+            method = json.loads(config.read_text()).get("method")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config}: not valid JSON ({err})") from err
+        if method:
+            return str(method)
+    enc_file = ckpt_dir / "encoder.pt"
+    if not enc_file.is_file():
+        raise FileNotFoundError(f"{enc_file}: missing; run `cxrbench pretrain` for this method first")
+    return str(torch.load(enc_file, map_location="cpu", weights_only=False)["method"])
+
+
 def load_pretrained(ckpt_dir: Path, *, full: bool = True) -> Pretrained:
     """Rebuild a checkpoint directory: the encoder (encoder.pt) and, for methods with a text tower, the whole model
     through the registry (``.vl``, eval mode); ``.full_state`` holds G2D's encoder-decoder. ``full=False`` loads the
@@ -127,7 +145,7 @@ def load_pretrained(ckpt_dir: Path, *, full: bool = True) -> Pretrained:
     out = Pretrained(method=meta["method"], backbone=backbone.eval(), image_size=int(meta["image_size"]),
                      normalize=dict(meta["normalize"]))
     m_cls = METHODS.get(meta["method"])
-    if full and (m_cls.has_text or getattr(m_cls, "dense", False)):
+    if full and (m_cls.has_text or m_cls.has_decoder):
         full = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)
         module = m_cls(full["params"]).build()
         module.load_state_dict(full["state_dict"])

@@ -16,6 +16,21 @@ def test_pointing_game_counts_argmax_inside_mask():
     assert pointing_game(torch.from_numpy(sim), torch.from_numpy(gt)) == pytest.approx(1 / 3)
 
 
+def test_pointing_game_native_map_points_at_the_best_cell_centre():
+    gt = np.zeros((2, 64, 64), dtype=bool)
+    gt[:, 10:30, 40:60] = True  # holds (16, 48), the centre of cell (0, 1) of a 2x2 grid, not the top edge
+    sim = np.zeros((2, 2, 2))
+    sim[0, 0, 1] = 1.0  # best cell (0, 1): centre (16, 48) inside
+    sim[1, 1, 0] = 1.0  # best cell (1, 0): centre (48, 16) outside
+    assert pointing_game(sim, gt) == pytest.approx(0.5)
+    # the same maps upsampled bilinearly are flat over the outer half of each border cell: their first argmax is
+    # row 0, outside the region; the native map is what the task passes
+    up = torch.nn.functional.interpolate(torch.from_numpy(sim)[:, None], size=(64, 64), mode="bilinear")[:, 0]
+    assert pointing_game(up, gt) == 0.0
+    with pytest.raises(ValueError, match="finer than gt"):
+        pointing_game(np.zeros((1, 8, 8)), np.ones((1, 4, 4), dtype=bool))
+
+
 def test_map_iou_dice_minmax_threshold_convention():
     gt = np.zeros((1, 4, 4), dtype=bool)
     gt[0, :2, :2] = True  # 4 pixels

@@ -15,7 +15,7 @@ DET = {
 }
 
 
-def det_store(make_store, name="rsna", n=18, size=64):
+def det_store(make_store, name="rsna", n=18, size=64, fractions=None):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 60, size=(n, size, size)).astype(np.uint8)
     boxes = []
@@ -27,7 +27,7 @@ def det_store(make_store, name="rsna", n=18, size=64):
             boxes.append(np.zeros((0, 4), np.float32))
     labels = np.array([[len(b) > 0] for b in boxes], np.float32)
     splits = np.array(["train"] * 8 + ["valid"] * 4 + ["test"] * 6)
-    return make_store(name, img, labels, splits, label_names=["Pneumonia"], boxes=boxes)
+    return make_store(name, img, labels, splits, label_names=["Pneumonia"], boxes=boxes, fractions=fractions)
 
 
 def test_scaled_anchors_reference():
@@ -72,3 +72,37 @@ def test_finetune_trains_a_copy_of_the_encoder(make_store, pretrained_factory, t
     assert {"AUROC", "AUROC/A", "AUROC/B", "AUROC/C_D"} <= set(m)
     assert all(torch.equal(before[k], v) for k, v in pre.backbone.state_dict().items())
     assert m == TASKS.get("finetune")(params).run(pre, store, 100, 0, tmp_path / "again")  # seed -> same numbers
+
+
+def test_detection_cached_levels_match_streaming_and_are_reused(make_store, pretrained_factory, tiny_resnet, tmp_path):
+    """The frozen encoder's levels are computed once per split and give the same run as streaming the images."""
+    store = det_store(make_store, fractions={10: [1, 2, 4]})
+    pre = pretrained_factory(tiny_resnet, image_size=64)
+    cached = TASKS.get("detection")({**DET, "cache_dir": str(tmp_path / "cache")})
+    m_cached = cached.run(pre, store, 100, 0, tmp_path / "a")
+    assert cached.cached and cached.cache.misses == 3  # train, valid, test computed once
+    streamed = TASKS.get("detection")({**DET, "feature_cache": False})
+    m_streamed = streamed.run(pre, store, 100, 0, tmp_path / "b")
+    assert not streamed.cached
+    for key in ("mAP@strict", "AP@0.40@strict", "n_gt@strict", "n_images@strict"):
+        assert m_cached[key] == pytest.approx(m_streamed[key], abs=1e-6)
+    again = TASKS.get("detection")({**DET, "cache_dir": str(tmp_path / "cache")})
+    again.run(pre, store, 10, 1, tmp_path / "c")  # another fraction and seed: every split from the disk cache
+    assert (again.cache.misses, again.cache.hits) == (0, 3)
+    tiny = TASKS.get("detection")({**DET, "feature_cache_max_gb": 1e-9})
+    tiny.run(pre, store, 100, 0, tmp_path / "d")
+    assert not tiny.cached  # over the size limit: images stream through the encoder
+
+
+def test_cached_levels_loss_equals_image_loss(make_store, tiny_resnet):
+    store = det_store(make_store)
+    with torch.no_grad():
+        model = DetectionModel(tiny_resnet, {**DET, "max_boxes": 10}, 64, {"mean": 0.5, "std": 0.5}, store_size=64)
+        rows = np.arange(6)
+        from cxrbench.tasks._common import StoreDataset, collate
+        from cxrbench.tasks.detection import CachedLevels
+
+        images = collate([StoreDataset(store, rows, ("image", "boxes"))[i] for i in range(6)])
+        entry = {"rows": torch.from_numpy(rows), "levels": model.backbone_levels(images["image"])}
+        cached = CachedLevels.collate([CachedLevels(entry, store, rows)[i] for i in range(6)])
+        assert float(model(images)["loss"]) == pytest.approx(float(model(cached)["loss"]), rel=1e-5)

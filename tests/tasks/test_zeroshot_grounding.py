@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from cxrbench.registry import TASKS
 from cxrbench.tasks._base import NotApplicable
 from cxrbench.tasks._common import prompt_pair
-from cxrbench.tasks.zeroshot_cls import pair_scores
+from cxrbench.tasks.zeroshot import pair_scores
 
 E = torch.eye(4)
 

@@ -6,6 +6,9 @@ a non-finite loss or norm on any rank stops the run with :class:`FloatingPointEr
 the weights, then the optimiser step with the scheduled lr / weight decay and ``module.on_step_end(step, total)``.
 ``out_dir/last.ckpt`` is written every ``ckpt_every`` steps, at every epoch end and at the end; a rerun resumes
 from it exactly (model, optimiser, step, position in the epoch, RNG states, history, early-stopping state).
+A module may name state-dict prefixes that never change during the fit (``module.checkpoint_exclude()``, e.g. a
+frozen encoder): they are left out of ``last.ckpt`` and ``best.ckpt``, and loading checks that nothing else is
+missing.
 """
 
 from __future__ import annotations
@@ -100,13 +103,33 @@ class _Trainer:
         rngs = D.gather(capture_rng(), self.info)  # every rank takes part; rank 0 writes
         if not self.info.is_main:
             return
-        ckpt = {**self.s, "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rngs,
+        ckpt = {**self.s, "model": self._model_state(), "optimizer": self.optimizer.state_dict(), "rng": rngs,
                 "seed": self.seed, "n_items": self.sampler.n, "world_size": self.info.world_size,
                 "total_steps": self.total, "config": asdict(self.cfg)}
         ckpt["saved_step"] = self.s["step"]
         atomic_torch_save(ckpt, path)
         self.s["saved_step"] = self.s["step"]
         write_curves(self.out / "curves.csv", self.s["history"])
+
+    def _excluded(self) -> tuple[str, ...]:
+        hook = getattr(self.raw, "checkpoint_exclude", None)
+        return tuple(hook()) if callable(hook) else ()
+
+    def _model_state(self) -> dict[str, Any]:
+        """The module's state dict without the prefixes it declares constant (a frozen encoder)."""
+        state, skip = self.raw.state_dict(), self._excluded()
+        return {k: v for k, v in state.items() if not k.startswith(skip)} if skip else state
+
+    def _load_model_state(self, state: dict[str, Any], path: Path) -> None:
+        skip = self._excluded()
+        if not skip:
+            self.raw.load_state_dict(state)
+            return
+        missing, unexpected = self.raw.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(skip)]
+        if missing or unexpected:
+            raise RuntimeError(f"{path}: model state does not match the module (missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]})")
 
     def _load(self, path: Path) -> None:
         ck = load_checkpoint(path)
@@ -117,7 +140,7 @@ class _Trainer:
         if now != then:
             raise ValueError(f"cannot resume from {path}: it was written with {then}, this run has {now}. "
                              "Use resume=False (or delete the checkpoint) to start again.")
-        self.raw.load_state_dict(ck["model"])
+        self._load_model_state(ck["model"], path)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.s = {k: ck[k] for k in self.s}
         rngs = ck["rng"]
@@ -262,7 +285,7 @@ class _Trainer:
         if best is None or (value < best if self.cfg.mode == "min" else value > best):
             self.s["best_metric"], self.s["bad_epochs"] = value, 0
             if self.info.is_main:
-                atomic_torch_save({"model": self.raw.state_dict(), "step": self.s["step"],
+                atomic_torch_save({"model": self._model_state(), "step": self.s["step"],
                                    "epoch": epoch, "monitor": self.cfg.monitor, "metric": value},
                                   self.best_path)
             return False
@@ -273,7 +296,7 @@ class _Trainer:
         D.barrier(self.info)
         best = None
         if self.val_fn is not None and self.best_path.is_file():
-            self.raw.load_state_dict(load_checkpoint(self.best_path)["model"])
+            self._load_model_state(load_checkpoint(self.best_path)["model"], self.best_path)
             best = str(self.best_path)
         return FitResult(history=list(self.s["history"]), steps=self.s["step"],
                          best_metric=self.s["best_metric"], best_path=best)

@@ -48,7 +48,10 @@ class PretrainModule(nn.Module):
 
 class Method:
     name: ClassVar[str] = ""
+    #: a text tower (zero-shot tasks need one)
     has_text: ClassVar[bool] = False
+    #: a pretrained segmentation decoder in ``model.pt`` (the encoder-decoder segmentation setting needs one)
+    has_decoder: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params

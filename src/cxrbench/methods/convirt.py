@@ -14,4 +14,5 @@ from cxrbench.registry import METHODS
 class ConVIRT(G2D):
     name = "convirt"
     has_text = True
+    has_decoder = False
     dense = False

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cxrbench.methods._base import Method
-from cxrbench.methods.random_init import EncoderOnly
+from cxrbench.methods.random import EncoderOnly
 from cxrbench.registry import METHODS
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

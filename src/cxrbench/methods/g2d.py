@@ -167,6 +167,7 @@ class G2D(Method):
 
     name = "g2d"
     has_text = True
+    has_decoder = True
     dense = True
 
     def build(self, *, corpus: Sequence[str] | None = None) -> G2DModule:

@@ -30,11 +30,24 @@ def _inputs(sim: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def pointing_game(sim: Any, gt: Any) -> float:
     """Fraction of images whose similarity-map argmax (first maximum in row-major order) lies inside the
-    ground-truth mask. sim (N, H, W) float, gt (N, H, W) bool, every gt non-empty."""
-    s, g = _inputs(sim, gt)
-    flat = s.reshape(s.shape[0], -1)
-    hit = g.reshape(g.shape[0], -1)[np.arange(flat.shape[0]), np.argmax(flat, axis=1)]
-    return float(hit.mean())
+    ground-truth mask. sim (N, H, W) float, gt (N, H, W) bool, every gt non-empty.
+
+    ``sim`` may also be the map at its native resolution (N, h, w), coarser than ``gt``: the point is then the
+    centre of the best cell, ``((i + 0.5) H / h, (j + 0.5) W / w)`` in ``gt`` pixels. An upsampled coarse map
+    is flat over each border cell's outer half, so its first argmax is the image edge, not the cell the map
+    points at; that is why the task passes the native map."""
+    s = to_numpy(sim, name="sim")
+    g = to_numpy(gt, dtype=bool, name="gt")
+    if s.ndim != 3 or g.ndim != 3 or s.shape[0] != g.shape[0]:
+        raise ValueError(f"sim {s.shape} and gt {g.shape}: expected (N, h, w) and (N, H, W) with the same N")
+    if s.shape[1] > g.shape[1] or s.shape[2] > g.shape[2]:
+        raise ValueError(f"sim {s.shape} is finer than gt {g.shape}; resize sim to the gt resolution first")
+    _inputs(np.zeros(g.shape, dtype=np.float32), g)  # the empty-mask check
+    n, h, w = s.shape
+    best = np.argmax(s.reshape(n, -1), axis=1)
+    rows = np.minimum(((best // w + 0.5) * g.shape[1] / h).astype(np.int64), g.shape[1] - 1)
+    cols = np.minimum(((best % w + 0.5) * g.shape[2] / w).astype(np.int64), g.shape[2] - 1)
+    return float(g[np.arange(n), rows, cols].mean())
 
 
 def normalise_minmax(sim: np.ndarray) -> np.ndarray:

@@ -22,10 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torchvision
-from timm.layers import resample_abs_pos_embed
 
 from cxrbench.models._base import Backbone, BackboneOutput
 from cxrbench.registry import BACKBONES
@@ -183,6 +181,8 @@ class ViTBackbone(Backbone):
         img_size = img_size or default_size
         self.config = {"name": name, "img_size": img_size, "drop_path_rate": drop_path_rate, **kwargs}
         self.weights_path = weights
+        import timm  # here, not at module level: every ResNet job would pay its import
+
         self.vit = timm.create_model(
             timm_name,
             pretrained=False,
@@ -210,6 +210,8 @@ class ViTBackbone(Backbone):
         if mask is not None:
             self.mask_token.data.copy_(mask.reshape(1, -1))
         if "pos_embed" in sd and sd["pos_embed"].shape != self.vit.pos_embed.shape:
+            from timm.layers import resample_abs_pos_embed
+
             npt = self.vit.num_prefix_tokens
             sd["pos_embed"] = resample_abs_pos_embed(
                 sd["pos_embed"], new_size=list(self.vit.patch_embed.grid_size), num_prefix_tokens=npt

@@ -25,9 +25,21 @@ class Task:
     uses_fractions: ClassVar[bool] = True
     #: whether the method must have a text tower
     requires_text: ClassVar[bool] = False
+    #: whether the method must have a pretrained segmentation decoder (the encoder-decoder setting)
+    requires_decoder: bool = False
 
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
+
+    def check_method(self, method_cls: Any) -> None:
+        """Raise :class:`NotApplicable` from what the method's class declares (``has_text``, ``has_decoder``),
+        before any checkpoint is loaded: a run that cannot apply costs its job next to nothing."""
+        if self.requires_text and not getattr(method_cls, "has_text", False):
+            raise NotApplicable(f"{self.name} needs a text tower; method {method_cls.name!r} has none")
+        if self.requires_decoder and not getattr(method_cls, "has_decoder", False):
+            raise NotApplicable(
+                f"{self.name} initialises the U-Net from a pretrained decoder; method {method_cls.name!r} has none"
+            )
 
     def check(self, pretrained: Any) -> None:
         """Raise :class:`NotApplicable` with the reason when the task cannot run on ``pretrained``."""

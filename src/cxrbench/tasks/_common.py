@@ -312,6 +312,31 @@ class FeatureCache:
         return entry
 
 
+def cache_key(fingerprint: str, store: Any, split: str, **view: Any) -> dict[str, Any]:
+    """The identity of a cache entry: the encoder, the prepared store (its metadata, rows and size), the split
+    and whatever defines the view (image size, transform, normalisation, pyramid levels)."""
+    return {
+        "encoder": fingerprint,
+        "dataset": str(store.name),
+        "split": split,
+        "store": hashlib.sha256(
+            json.dumps(getattr(store, "meta", {}), sort_keys=True, default=str).encode()
+        ).hexdigest()[:16],
+        "n_rows": int(len(store.images)),
+        "store_size": int(store.size),
+        **view,
+    }
+
+
+def row_index(entry: Mapping[str, torch.Tensor], rows: np.ndarray) -> torch.Tensor:
+    """Positions of ``rows`` (in that order) in a cache entry covering a superset of them."""
+    index = {int(r): i for i, r in enumerate(entry["rows"].tolist())}
+    missing = [int(r) for r in rows if int(r) not in index]
+    if missing:
+        raise KeyError(f"feature cache entry lacks rows {missing[:5]} ({len(missing)} missing)")
+    return torch.as_tensor([index[int(r)] for r in rows], dtype=torch.long)
+
+
 def cached_features(
     cache: FeatureCache,
     backbone: nn.Module,
@@ -325,19 +350,14 @@ def cached_features(
     fingerprint: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Features of every row of ``split`` (fraction 100) through the cache; callers select fraction rows."""
-    key = {
-        "encoder": fingerprint or encoder_fingerprint(backbone),
-        "dataset": str(store.name),
-        "split": split,
-        "store": hashlib.sha256(
-            json.dumps(getattr(store, "meta", {}), sort_keys=True, default=str).encode()
-        ).hexdigest()[:16],
-        "n_rows": int(len(store.images)),
-        "store_size": int(store.size),
-        "image_size": int(size),
-        "transform": f"resize{round(size / crop_ratio)}-centrecrop{size}",
-        "normalize": dict(normalize),
-    }
+    key = cache_key(
+        fingerprint or encoder_fingerprint(backbone),
+        store,
+        split,
+        image_size=int(size),
+        transform=f"resize{round(size / crop_ratio)}-centrecrop{size}",
+        normalize=dict(normalize),
+    )
     rows = np.asarray(store.rows(split, 100), dtype=np.int64)
 
     def compute() -> dict[str, torch.Tensor]:
@@ -351,11 +371,7 @@ def cached_features(
 
 def select_rows(entry: Mapping[str, torch.Tensor], rows: np.ndarray) -> torch.Tensor:
     """Features of ``rows`` (in that order) from a cache entry covering a superset of them."""
-    index = {int(r): i for i, r in enumerate(entry["rows"].tolist())}
-    missing = [int(r) for r in rows if int(r) not in index]
-    if missing:
-        raise KeyError(f"feature cache entry lacks rows {missing[:5]} ({len(missing)} missing)")
-    return entry["features"][torch.as_tensor([index[int(r)] for r in rows], dtype=torch.long)]
+    return entry["features"][row_index(entry, rows)]
 
 
 # ------------------------------------------------------------------------------------------------ prompts

@@ -1,6 +1,11 @@
 """Object detection: a YOLOv3 head on the frozen encoder's C3/C4/C5 (strides 8/16/32 through the neck), MGCA
 protocol. Images resized to ``image_size`` without augmentation; COCO anchors scaled by image_size / 416; at most
 ``max_boxes`` boxes per image (RSNA 10, Object-CXR 20); early stopping on validation mAP (reference form).
+
+The encoder is frozen and the view deterministic, so the backbone levels the neck reads are computed once per
+(encoder, dataset, split) and kept in the feature cache (``cache_dir``) for every fraction, seed and epoch, as the
+linear probe does; a split whose levels would exceed ``feature_cache_max_gb`` streams images through the encoder
+instead (same numbers, slower).
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ from cxrbench.models.yolo import COCO_ANCHORS_416, YOLOv3Head, decode, yolo_loss
 from cxrbench.registry import TASKS
 from cxrbench.tasks._base import Task
 from cxrbench.tasks._common import (
+    FeatureCache,
     FrozenEncoder,
     StoreDataset,
     batches,
+    cache_key,
     collate,
     device_of,
+    encoder_fingerprint,
     engine_config,
     resize,
     resolve,
+    row_index,
     save_npz_atomic,
     seeded,
     task_image_size,
@@ -41,37 +50,123 @@ def scaled_anchors(size: int) -> tuple[tuple[tuple[float, float], ...], ...]:
 
 
 class DetectionModel(nn.Module):
-    """forward(batch {"image" (B, 1, S, S), "boxes" [(m, 4) store px]}) -> yolo_loss dict with "loss"."""
+    """forward(batch) -> yolo_loss dict with "loss". A batch holds "boxes" [(m, 4) store px] and either "image"
+    (B, 1, S, S) or "levels" (the cached backbone levels the neck reads, see :class:`CachedLevels`)."""
 
-    def __init__(self, backbone: nn.Module, p: dict[str, Any], size: int, normalize: dict) -> None:
+    def __init__(
+        self, backbone: nn.Module, p: dict[str, Any], size: int, normalize: dict, store_size: int | None = None
+    ) -> None:
         super().__init__()
         self.encoder = FrozenEncoder(backbone, (8, 16, 32), int(p.get("neck_channels", 256)))
         self.anchors = scaled_anchors(size)
         widths = tuple(p.get("head_widths", (128, 256, 512)))
         self.head = YOLOv3Head(self.encoder.channels, num_classes=1, anchors=self.anchors, widths=widths)
         self.size, self.normalize, self.max_boxes = size, normalize, int(p["max_boxes"])
+        self.store_size = store_size
+        self.levels = sorted(set(self.encoder.neck.sources))  # backbone pyramid levels the neck reads
 
-    def outputs(self, image: torch.Tensor) -> list[torch.Tensor]:
+    @torch.no_grad()
+    def backbone_levels(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """image (B, 1, S, S) in [0, 1] -> the backbone levels the neck reads, float32 on the CPU."""
         x = to_input(resize(image, self.size), self.normalize).to(device_of(self.head))
+        pyramid = self.encoder.backbone(x).pyramid
+        return [pyramid[i].float().cpu() for i in self.levels]
+
+    def outputs(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        if "levels" in batch:
+            pyramid: list[Any] = [None] * (max(self.levels) + 1)
+            for i, level in zip(self.levels, batch["levels"], strict=True):
+                pyramid[i] = level.to(device_of(self.head))
+            return self.head(self.encoder.neck(pyramid))
+        x = to_input(resize(batch["image"], self.size), self.normalize).to(device_of(self.head))
         return self.head(self.encoder(x)[1])
 
     def targets(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """Boxes in input pixels (store px * size / S), at most ``max_boxes`` per image."""
-        scale = self.size / batch["image"].shape[-1]
+        store_size = batch["image"].shape[-1] if "image" in batch else self.store_size
+        scale = self.size / store_size
         return [(b[: self.max_boxes] * scale).to(device_of(self.head)) for b in batch["boxes"]]
 
+    def checkpoint_exclude(self) -> tuple[str, ...]:
+        """The frozen backbone never changes: the engine's checkpoints leave it out."""
+        return ("encoder.backbone.",)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return yolo_loss(self.outputs(batch["image"]), self.targets(batch), img_size=self.size, anchors=self.anchors)
+        return yolo_loss(self.outputs(batch), self.targets(batch), img_size=self.size, anchors=self.anchors)
+
+
+class CachedLevels(torch.utils.data.Dataset):
+    """Rows of a split as {"levels": [(C_i, h_i, w_i)], "boxes": (m, 4) store px, "row"} from a cache entry."""
+
+    def __init__(self, entry: dict[str, Any], store: Any, rows: np.ndarray) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64)
+        idx = row_index(entry, self.rows)
+        self.levels = [level[idx] for level in entry["levels"]]
+        self.boxes = [torch.as_tensor(np.asarray(b, dtype=np.float32).reshape(-1, 4)) for b in store.boxes(self.rows)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"levels": [level[i] for level in self.levels], "boxes": self.boxes[i], "row": int(self.rows[i])}
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "levels": [torch.stack([b["levels"][k] for b in batch]) for k in range(len(batch[0]["levels"]))],
+            "boxes": [b["boxes"] for b in batch],
+            "row": torch.tensor([b["row"] for b in batch]),
+        }
+
+
+def _batches(dataset: torch.utils.data.Dataset, batch_size: int) -> Any:
+    """The whole dataset in order, collated the dataset's way."""
+    join = getattr(dataset, "collate", collate)
+    for start in range(0, len(dataset), batch_size):
+        yield join([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def level_bytes(model: DetectionModel) -> int:
+    """float32 bytes of the cached levels of one image."""
+    with torch.no_grad():
+        probe = torch.zeros(1, 1, model.size, model.size)
+        return sum(t.numel() * 4 for t in model.backbone_levels(probe))
+
+
+def cached_levels(
+    model: DetectionModel, cache: FeatureCache, fingerprint: str, store: Any, split: str, batch_size: int
+) -> dict[str, Any]:
+    """The neck's input levels for every row of ``split`` (fraction 100), through ``cache``."""
+    key = cache_key(
+        fingerprint,
+        store,
+        split,
+        kind="pyramid",
+        image_size=int(model.size),
+        transform=f"resize{model.size}",
+        normalize=dict(model.normalize),
+        levels=list(model.levels),
+    )
+    rows = np.asarray(store.rows(split, 100), dtype=np.int64)
+
+    def compute() -> dict[str, Any]:
+        parts: list[list[torch.Tensor]] = [[] for _ in model.levels]
+        for batch in batches(StoreDataset(store, rows), batch_size):
+            for k, level in enumerate(model.backbone_levels(batch["image"])):
+                parts[k].append(level)
+        return {"rows": torch.from_numpy(rows), "levels": [torch.cat(p) for p in parts]}
+
+    return cache.get(key, compute)
 
 
 @torch.no_grad()
-def predict(model: DetectionModel, dataset: StoreDataset, batch_size: int, p: dict) -> tuple[list, list]:
+def predict(model: DetectionModel, dataset: Any, batch_size: int, p: dict) -> tuple[list, list]:
     """(detections [{"boxes", "scores"}], ground truths [(m, 4)]) in input pixels over the whole dataset."""
     was = model.training
     model.eval()
     preds, gts = [], []
-    for batch in batches(dataset, batch_size):
-        out = model.outputs(batch["image"])
+    for batch in _batches(dataset, batch_size):
+        out = model.outputs(batch)
         dets = decode(
             out,
             img_size=model.size,
@@ -102,32 +197,52 @@ class Detection(Task):
         "on negatives count)",
     }
 
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self.cache = FeatureCache(params.get("cache_dir"))
+        self.cached = False
+
+    def datasets_for(self, model: DetectionModel, data: Any, rows: dict[str, np.ndarray], p: dict, bs: int) -> dict:
+        """Cached levels per split when they fit ``feature_cache_max_gb``, else image datasets."""
+        limit = float(p.get("feature_cache_max_gb", 4.0)) * 1e9
+        largest = max(len(data.rows(s, 100)) for s in rows)
+        self.cached = bool(p.get("feature_cache", True)) and largest * level_bytes(model) <= limit
+        if not self.cached:
+            return {s: StoreDataset(data, r, ("image", "boxes")) for s, r in rows.items()}
+        fingerprint = encoder_fingerprint(model.encoder.backbone)
+        return {
+            s: CachedLevels(cached_levels(model, self.cache, fingerprint, data, s, bs), data, r)
+            for s, r in rows.items()
+        }
+
     def run(self, pretrained: Any, data: Any, fraction: int, seed: int, out_dir: Path) -> dict[str, Any]:
         from cxrbench.engine import fit
 
         p = resolve(self.params, str(data.name), fraction)
         p.setdefault("max_boxes", MAX_BOXES.get(str(data.name), 20))
         size = task_image_size(p, pretrained)
-        fields = ("image", "boxes")
-        sets = {"train": StoreDataset(data, data.rows("train", fraction), fields)}
-        sets.update({s: StoreDataset(data, data.rows(s, 100), fields) for s in ("valid", "test")})
-        self.n = {s: len(d) for s, d in sets.items()}
+        rows = {"train": np.asarray(data.rows("train", fraction), dtype=np.int64)}
+        rows.update({s: np.asarray(data.rows(s, 100), dtype=np.int64) for s in ("valid", "test")})
+        self.n = {s: len(r) for s, r in rows.items()}
         with seeded(seed):
-            model = DetectionModel(pretrained.backbone, p, size, pretrained.normalize)
+            model = DetectionModel(pretrained.backbone, p, size, pretrained.normalize, store_size=int(data.size))
         cfg = engine_config(p, monitor="val_mAP", mode="max")
         bs = int(getattr(cfg, "batch_size", 16))
+        sets = self.datasets_for(model, data, rows, p, int(p.get("feature_batch_size", 64)))
 
         def val_fn(m: DetectionModel) -> dict[str, float]:
             value = map_reference(*predict(m, sets["valid"], bs, p), max_dets=m.max_boxes)["mAP"]
             return {"val_mAP": 0.0 if math.isnan(value) else value}  # nothing detected yet = 0, not undefined
 
-        fit(model, sets["train"], cfg, Path(out_dir) / "train", seed=seed, collate_fn=collate, val_fn=val_fn)
+        join = getattr(sets["train"], "collate", collate)
+        fit(model, sets["train"], cfg, Path(out_dir) / "train", seed=seed, collate_fn=join, val_fn=val_fn)
         preds, gts = predict(model, sets["test"], bs, p)
         out = {
             **_flat("reference", map_reference(preds, gts, max_dets=model.max_boxes)),
             **_flat("strict", map_strict(preds, gts, max_dets=model.max_boxes)),
         }
-        save_examples(Path(out_dir) / "examples.npz", sets["test"], preds, gts, size)
+        test_images = StoreDataset(data, rows["test"], ("image",))
+        save_examples(Path(out_dir) / "examples.npz", test_images, preds, gts, size)
         return out
 
 

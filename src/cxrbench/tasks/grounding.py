@@ -32,10 +32,11 @@ from cxrbench.tasks._common import (
 )
 
 
-def similarity_maps(dense: torch.Tensor, text: torch.Tensor, size: int) -> torch.Tensor:
-    """dense (B, D, h, w), text (B, D) (both L2-normalised along D) -> cosine maps (B, size, size), bilinear."""
+def similarity_maps(dense: torch.Tensor, text: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """dense (B, D, h, w), text (B, D) (both L2-normalised along D) -> cosine maps at the native resolution
+    (B, h, w) and upsampled bilinearly (B, size, size)."""
     sim = torch.einsum("bdhw,bd->bhw", dense.float(), text.float())
-    return F.interpolate(sim[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return sim, F.interpolate(sim[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def ground_truth(data: Any, batch: dict[str, Any], size: int) -> torch.Tensor:
@@ -53,7 +54,8 @@ class Grounding(Task):
     uses_fractions = False
     requires_text = True
     metric_forms = {
-        "PointingGame": "fraction of positive test images whose similarity-map argmax lies inside the GT region",
+        "PointingGame": "fraction of positive test images whose similarity-map argmax lies inside the GT region "
+        "(argmax on the map's native grid, taken at the best cell's centre)",
         "IoU": "mean IoU of the per-image min-max normalised map binarised at >= threshold vs the GT region",
         "Dice": "mean Dice of the same binarised map vs the GT region",
     }
@@ -74,7 +76,7 @@ class Grounding(Task):
         self.n = {"train": 0, "valid": 0, "test": int(len(rows))}
         texts = self.prompts(data, rows, p)
         fields = ("image", "mask") if data.masks is not None else ("image", "boxes")
-        sims, gts, images, bs = [], [], [], int(p.get("batch_size", 32))
+        sims, natives, gts, images, bs = [], [], [], [], int(p.get("batch_size", 32))
         with torch.no_grad():
             for start, batch in zip(
                 range(0, len(rows), bs), batches(StoreDataset(data, rows, fields), bs), strict=True
@@ -82,7 +84,9 @@ class Grounding(Task):
                 img = resize(batch["image"], size)
                 _, dense = pretrained.vl.embed_image(to_input(img, pretrained.normalize))
                 text = pretrained.vl.embed_text(texts[start : start + bs])
-                sims.append(similarity_maps(dense.cpu(), text.cpu(), size))
+                native, upsampled = similarity_maps(dense.cpu(), text.cpu(), size)
+                natives.append(native)
+                sims.append(upsampled)
                 gts.append(ground_truth(data, batch, size))
                 images.append(img[:, 0])
         sim, gt = torch.cat(sims).numpy(), torch.cat(gts).numpy()
@@ -92,7 +96,7 @@ class Grounding(Task):
         )
         threshold = float(p.get("threshold", 0.5))
         return {
-            "PointingGame": pointing_game(sim, gt),
+            "PointingGame": pointing_game(torch.cat(natives).numpy(), gt),
             **map_iou_dice(sim, gt, threshold=threshold),
             "threshold": threshold,
         }

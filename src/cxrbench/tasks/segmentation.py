@@ -109,6 +109,10 @@ class SegmentationModel(nn.Module):
             img, mask = shift_scale_rotate(img, mask, self.gen)
         return img, mask
 
+    def checkpoint_exclude(self) -> tuple[str, ...]:
+        """The frozen backbone never changes: the engine's checkpoints leave it out."""
+        return ("encoder.backbone.",)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         img, mask = self.inputs(batch, self.training)
         loss = segmentation_loss(
@@ -146,9 +150,16 @@ class Segmentation(Task):
         "Dice@strict_global": "global Dice pooled over all pixels of all test images",
     }
 
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        setting = params.get("setting", "frozen_encoder")
+        if setting not in ("frozen_encoder", "encoder_decoder"):
+            raise ValueError(f"evaluate.tasks.{self.name}.setting: {setting!r}; use frozen_encoder or encoder_decoder")
+        self.requires_decoder = setting == "encoder_decoder"
+
     def check(self, pretrained: Any) -> None:
         super().check(pretrained)
-        if self.params.get("setting", "frozen_encoder") == "encoder_decoder":
+        if self.requires_decoder:
             strides = segmentation_strides(pretrained.backbone)
             chans = tuple(self.params.get("decoder_channels", REFERENCE_DECODER_CHANNELS))
             probe = FrozenEncoder(pretrained.backbone, strides, int(self.params.get("neck_channels", 256)))
