@@ -20,9 +20,14 @@ localrules:
     evaluate_all,
 
 
+# The default target names every phase's outputs, not only the report: Snakemake does not look at the inputs of a job
+# whose outputs are up to date, so with the report alone a deleted run directory would never be rebuilt.
 rule all:
     default_target: True
     input:
+        TARGETS["data"],
+        TARGETS["pretrain"],
+        TARGETS["evaluate"],
         TARGETS["report"],
 
 

@@ -51,7 +51,11 @@ def sync(root: Path, *, force: bool = True) -> int:
     if not (root / ".dvc").is_dir():
         print("dvc-sync: not a DVC repository (no .dvc/): nothing to record", file=sys.stderr)
         return 0
-    stages = [s for s in complete_stages(root) if s in PHASE_RULES and snakemake_up_to_date(root, PHASE_RULES[s])]
+    complete = [s for s in complete_stages(root) if s in PHASE_RULES]
+    if snakemake_up_to_date(root, PHASE_RULES["report"]):  # the default target names every phase's outputs
+        stages = complete
+    else:
+        stages = [s for s in complete if s != "report" and snakemake_up_to_date(root, PHASE_RULES[s])]
     if not stages:
         return 0
     cmd = ["dvc", "commit", "--quiet", *(["--force"] if force else []), *stages]

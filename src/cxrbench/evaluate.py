@@ -4,7 +4,9 @@
 resolved parameters, runs it (or records why it does not apply) and writes, atomically:
 
 - ``metrics.json``: ``{"run": {method, task, dataset, fraction, seed}, "status": "ok" | "not_applicable",
-  "reason", "metrics": {flat keys}, "metric_forms": {key: definition}, "n": {train, valid, test}, "seconds"}``;
+  "reason", "metrics": {flat keys}, "metric_forms": {key: definition}, "n": {train, valid, test}, "seconds",
+  "max_rss_mb"}``. The last two are the run's wall time and peak memory: what Snakemake's ``benchmark:`` records,
+  without its per-job memory polling, which costs more than a small run;
 - ``config.json``: the resolved parameters and inputs of the run;
 - ``examples.npz`` (segmentation, detection, grounding): a few maps / boxes for the figures (written by the task).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -122,6 +125,7 @@ def run_evaluation(
         "metric_forms": dict(getattr(task_obj, "metric_forms", {})),
         "n": dict(getattr(task_obj, "n", {})) or {"train": 0, "valid": 0, "test": 0},
         "seconds": round(time.perf_counter() - start, 3),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     _drop_training_state(out_dir)
     write_json_atomic(out_dir / "metrics.json", record)

@@ -8,8 +8,6 @@ rule evaluate:
         ),
     log:
         f"{LOGS}/evaluate/{{method}}/{{task}}/{{dataset}}/f{{fraction}}_s{{seed}}.log",
-    benchmark:
-        f"{BENCH}/evaluate/{{method}}/{{task}}/{{dataset}}/f{{fraction}}_s{{seed}}.tsv"
     conda:
         ENV
     threads: 1
