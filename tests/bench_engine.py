@@ -6,7 +6,6 @@ times and ``bf16_vs_fp32`` = t_bf16 / t_fp32 (< 1: bf16 faster). Nothing is asse
 speed depends on the instruction set (AVX512-BF16 / AMX)."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -29,30 +28,20 @@ def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     return step
 
 
-def _timed(fn, times: list[float]):
-    def run():
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        return out
-
-    return run
-
-
 @pytest.mark.benchmark
 @pytest.mark.parametrize(("name", "kwargs", "size"), CASES, ids=[c[0] for c in CASES])
-def test_bf16_vs_fp32_step(benchmark, name, kwargs, size):
+def test_bf16_vs_fp32_step(timed, benchmark, name, kwargs, size):
     torch.manual_seed(0)
     model = build_backbone(name, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     t32, t16 = [], []
-    fp32 = _timed(_step_fn(model, opt, x, bf16=False), t32)
+    fp32 = timed(_step_fn(model, opt, x, bf16=False), t32)
 
     def reference() -> None:  # untimed setup of each round (must return None: no arguments for the target)
         fp32()
 
-    loss = benchmark.pedantic(_timed(_step_fn(model, opt, x, bf16=True), t16), setup=reference,
+    loss = benchmark.pedantic(timed(_step_fn(model, opt, x, bf16=True), t16), setup=reference,
                               rounds=ROUNDS, warmup_rounds=1, iterations=1)
     fp32_s, bf16_s = min(t32[1:] or t32), min(t16[1:] or t16)  # best of rounds, warm-up round dropped
     benchmark.extra_info.update(backbone=name, batch=BATCH, image_size=size, threads=torch.get_num_threads(),

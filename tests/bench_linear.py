@@ -8,7 +8,6 @@ best-of-rounds times and ``speedup`` = t_uncached / t_cached, which must exceed 
 """
 
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -82,18 +81,8 @@ def _uncached_run(pre: Pretrained, store: Store, params: dict, out_dir) -> float
     return model.split_loss(store, "test")
 
 
-def _timed(fn, times: list[float]):
-    def run():
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        return out
-
-    return run
-
-
 @pytest.mark.benchmark
-def test_bench_linear_cache_speedup(benchmark, tmp_path):
+def test_bench_linear_cache_speedup(timed, benchmark, tmp_path):
     torch.manual_seed(0)
     pre = Pretrained("bench", build_backbone("resnet18"), SIZE, {"mean": 0.5, "std": 0.5})
     store = Store()
@@ -111,7 +100,7 @@ def test_bench_linear_cache_speedup(benchmark, tmp_path):
     def uncached():
         _uncached_run(pre, store, params, tmp_path / f"u{next(runs)}")
 
-    metrics = benchmark.pedantic(_timed(cached, t_cached), setup=_timed(uncached, t_uncached), rounds=ROUNDS,
+    metrics = benchmark.pedantic(timed(cached, t_cached), setup=timed(uncached, t_uncached), rounds=ROUNDS,
                                  warmup_rounds=1, iterations=1)
     c, u = min(t_cached[1:] or t_cached), min(t_uncached[1:] or t_uncached)
     benchmark.extra_info.update(epochs=EPOCHS, image_size=SIZE, n_train=len(store.rows("train")),

@@ -6,7 +6,6 @@ The benchmark table times the fp32 method step (resp. the G2D step); the referen
 setup, so all see the same machine load. Ratios use the best of the rounds (warm-up round dropped)."""
 
 import statistics
-import time
 
 import pytest
 import torch
@@ -35,18 +34,6 @@ def _batch(n=BATCH):
     return {"image": torch.rand(n, 1, 64, 64, generator=g), "text": texts}
 
 
-def _timed(fn, times: list[float]):
-    """fn wrapped so that each call's wall time is appended to ``times``."""
-
-    def run(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        times.append(time.perf_counter() - t0)
-        return out
-
-    return run
-
-
 def _best(times: list[float]) -> float:
     """Best of the rounds, dropping the warm-up round when there was more than one round."""
     return min(times[1:] or times)
@@ -65,7 +52,7 @@ def _step(module, batch, bf16=False):
 
 @pytest.mark.benchmark
 @pytest.mark.parametrize("name", sorted(DEMO))
-def test_step_overhead(benchmark, name):
+def test_step_overhead(timed, benchmark, name):
     batch = _batch()
     module = METHODS.get(name)(DEMO[name]).build(corpus=batch["text"]).train()
     size = DEMO[name].get("image_size") or DEMO[name]["crops"]["global_size"]
@@ -76,13 +63,13 @@ def test_step_overhead(benchmark, name):
         module.encoder(x).pooled.sum().backward()
 
     t_bare, t_bf16, t_fp32 = [], [], []
-    refs = (_timed(bare, t_bare), _timed(_step(module, batch, bf16=True), t_bf16))
+    refs = (timed(bare, t_bare), timed(_step(module, batch, bf16=True), t_bf16))
 
     def references() -> None:  # untimed setup of each round (must return None: no arguments for the target)
         for ref in refs:
             ref()
 
-    loss = benchmark.pedantic(_timed(_step(module, batch), t_fp32), setup=references,
+    loss = benchmark.pedantic(timed(_step(module, batch), t_fp32), setup=references,
                               rounds=ROUNDS, warmup_rounds=1, iterations=1)
     bare_s, step_s, bf16_s = _best(t_bare), _best(t_fp32), _best(t_bf16)
     benchmark.extra_info.update(method=name, batch=BATCH, image_size=size, threads=torch.get_num_threads(),
@@ -94,13 +81,13 @@ def test_step_overhead(benchmark, name):
 
 
 @pytest.mark.benchmark
-def test_pseudo_mask_share_of_g2d_step(benchmark, monkeypatch):
+def test_pseudo_mask_share_of_g2d_step(timed, benchmark, monkeypatch):
     """The pseudo-mask processor is timed inside the real G2D step (same inputs, same call): share = t_pm / t_step."""
     batch = _batch()
     module = METHODS.get("g2d")(DEMO["g2d"]).build(corpus=batch["text"]).train()
     t_pm, t_step = [], []
-    monkeypatch.setattr(g2d_module, "pseudo_masks", _timed(g2d_module.pseudo_masks, t_pm))
-    benchmark.pedantic(_timed(_step(module, batch), t_step), rounds=2 * ROUNDS, warmup_rounds=1, iterations=1)
+    monkeypatch.setattr(g2d_module, "pseudo_masks", timed(g2d_module.pseudo_masks, t_pm))
+    benchmark.pedantic(timed(_step(module, batch), t_step), rounds=2 * ROUNDS, warmup_rounds=1, iterations=1)
     assert len(t_pm) == len(t_step), "G2D step did not call pseudo_masks exactly once (dense loss off?)"
     shares = [p / s for p, s in zip(t_pm, t_step, strict=True)][1:] or [t_pm[0] / t_step[0]]
     benchmark.extra_info.update(batch=BATCH, image_size=64, threads=torch.get_num_threads(),

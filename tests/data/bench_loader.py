@@ -8,7 +8,6 @@ each loader round), so the comparison holds on any machine, even a loaded one.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -88,25 +87,15 @@ def _train_step(size: int):
     return step
 
 
-def _timed(fn, times: list[float]):
-    def run():
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        return out
-
-    return run
-
-
 @pytest.mark.parametrize("size", [64, 224])
-def test_loader_outpaces_training_step(benchmark, stores, size):
+def test_loader_outpaces_training_step(timed, benchmark, stores, size):
     """Loader images/s (one epoch per round) vs training-step images/s (one step in each round's untimed setup, so
     both see the same machine load); best of the rounds for both."""
     store = stores[size]
     step = _train_step(size)
     step()  # warm-up outside the timings
     t_step, t_load = [], []
-    n = benchmark.pedantic(_timed(lambda: _loader_images(store), t_load), setup=_timed(step, t_step),
+    n = benchmark.pedantic(timed(lambda: _loader_images(store), t_load), setup=timed(step, t_step),
                            rounds=ROUNDS, warmup_rounds=1, iterations=1)
     loader_ips, step_ips = n / min(t_load[1:] or t_load), BATCH / min(t_step[1:] or t_step)
     benchmark.extra_info.update(size=size, batch=BATCH, loader_workers=LOADER_WORKERS, images_per_epoch=n,
