@@ -221,7 +221,21 @@ class FrozenPlusHead(Linear):
         return ("encoder.",)
 
 
-def test_checkpoint_exclude_leaves_frozen_state_out_and_resumes(tmp_path):
+class SelfDeclaringFrozen(nn.Linear):
+    def checkpoint_exclude(self):
+        return ("weight", "bias")
+
+
+class FrozenSubmodulePlusHead(Linear):
+    """The same, declared by the frozen submodule itself (as the tasks' FrozenEncoder does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = SelfDeclaringFrozen(8, 8).requires_grad_(False)
+
+
+@pytest.mark.parametrize("FrozenPlusHead", [FrozenPlusHead, FrozenSubmodulePlusHead])
+def test_checkpoint_exclude_leaves_frozen_state_out_and_resumes(tmp_path, FrozenPlusHead):  # noqa: N803
     ds = Regression()
     full = FrozenPlusHead()
     fit(full, ds, cfg(epochs=3), tmp_path / "full", seed=0, val_fn=lambda m: {"loss": 1.0})

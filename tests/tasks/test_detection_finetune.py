@@ -81,6 +81,9 @@ def test_detection_cached_levels_match_streaming_and_are_reused(make_store, pret
     cached = TASKS.get("detection")({**DET, "cache_dir": str(tmp_path / "cache")})
     m_cached = cached.run(pre, store, 100, 0, tmp_path / "a")
     assert cached.cached and cached.cache.misses == 3  # train, valid, test computed once
+    saved = torch.load(tmp_path / "a" / "train" / "last.ckpt", weights_only=False)["model"]
+    assert saved and not any(k.startswith("encoder.backbone.") for k in saved)  # the frozen encoder is left out
+    assert any(k.startswith("head.") for k in saved)
     streamed = TASKS.get("detection")({**DET, "feature_cache": False})
     m_streamed = streamed.run(pre, store, 100, 0, tmp_path / "b")
     assert not streamed.cached

@@ -6,9 +6,9 @@ a non-finite loss or norm on any rank stops the run with :class:`FloatingPointEr
 the weights, then the optimiser step with the scheduled lr / weight decay and ``module.on_step_end(step, total)``.
 ``out_dir/last.ckpt`` is written every ``ckpt_every`` steps, at every epoch end and at the end; a rerun resumes
 from it exactly (model, optimiser, step, position in the epoch, RNG states, history, early-stopping state).
-A module may name state-dict prefixes that never change during the fit (``module.checkpoint_exclude()``, e.g. a
-frozen encoder): they are left out of ``last.ckpt`` and ``best.ckpt``, and loading checks that nothing else is
-missing.
+A module or any of its submodules may name state-dict prefixes that never change during the fit
+(``checkpoint_exclude()``, e.g. the frozen encoder of a downstream head): they are left out of ``last.ckpt`` and
+``best.ckpt``, and loading checks that nothing else is missing.
 """
 
 from __future__ import annotations
@@ -112,8 +112,13 @@ class _Trainer:
         write_curves(self.out / "curves.csv", self.s["history"])
 
     def _excluded(self) -> tuple[str, ...]:
-        hook = getattr(self.raw, "checkpoint_exclude", None)
-        return tuple(hook()) if callable(hook) else ()
+        """State-dict prefixes declared constant by the module or any of its submodules (``checkpoint_exclude``)."""
+        out: list[str] = []
+        for name, module in self.raw.named_modules():
+            hook = getattr(module, "checkpoint_exclude", None)
+            if callable(hook):
+                out += [f"{name}.{prefix}" if name else prefix for prefix in hook()]
+        return tuple(out)
 
     def _model_state(self) -> dict[str, Any]:
         """The module's state dict without the prefixes it declares constant (a frozen encoder)."""

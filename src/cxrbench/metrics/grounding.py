@@ -22,10 +22,14 @@ def _inputs(sim: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     check_same_shape(s, g, ("sim", "gt"))
     if s.ndim != 3:
         raise ValueError(f"sim has shape {s.shape}; expected (N, H, W)")
+    _check_nonempty(g)
+    return s, g
+
+
+def _check_nonempty(g: np.ndarray) -> None:
     empty = np.flatnonzero(g.reshape(g.shape[0], -1).sum(1) == 0)
     if empty.size:
         raise ValueError(f"gt masks {empty[:5].tolist()} are empty; grounding uses positive images only")
-    return s, g
 
 
 def pointing_game(sim: Any, gt: Any) -> float:
@@ -42,7 +46,7 @@ def pointing_game(sim: Any, gt: Any) -> float:
         raise ValueError(f"sim {s.shape} and gt {g.shape}: expected (N, h, w) and (N, H, W) with the same N")
     if s.shape[1] > g.shape[1] or s.shape[2] > g.shape[2]:
         raise ValueError(f"sim {s.shape} is finer than gt {g.shape}; resize sim to the gt resolution first")
-    _inputs(np.zeros(g.shape, dtype=np.float32), g)  # the empty-mask check
+    _check_nonempty(g)
     n, h, w = s.shape
     best = np.argmax(s.reshape(n, -1), axis=1)
     rows = np.minimum(((best // w + 0.5) * g.shape[1] / h).astype(np.int64), g.shape[1] - 1)

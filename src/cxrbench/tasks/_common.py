@@ -160,6 +160,10 @@ class FrozenEncoder(nn.Module):
         self.backbone.eval()  # BatchNorm statistics of a frozen encoder never move
         return self
 
+    def checkpoint_exclude(self) -> tuple[str, ...]:
+        """The frozen backbone never changes during a fit: the engine's checkpoints leave it out."""
+        return ("backbone.",)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         with torch.no_grad():
             out = self.backbone(x)
@@ -215,9 +219,10 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batches(dataset: torch.utils.data.Dataset, batch_size: int) -> Iterator[dict[str, Any]]:
-    """Whole dataset in order (validation / test), collated."""
+    """Whole dataset in order (validation / test), collated by ``dataset.collate`` when it has one."""
+    join = getattr(dataset, "collate", collate)
     for start in range(0, len(dataset), batch_size):
-        yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield join([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
 
 
 def positive_rows(store: Any, rows: np.ndarray) -> np.ndarray:

@@ -87,10 +87,6 @@ class DetectionModel(nn.Module):
         scale = self.size / store_size
         return [(b[: self.max_boxes] * scale).to(device_of(self.head)) for b in batch["boxes"]]
 
-    def checkpoint_exclude(self) -> tuple[str, ...]:
-        """The frozen backbone never changes: the engine's checkpoints leave it out."""
-        return ("encoder.backbone.",)
-
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return yolo_loss(self.outputs(batch), self.targets(batch), img_size=self.size, anchors=self.anchors)
 
@@ -117,13 +113,6 @@ class CachedLevels(torch.utils.data.Dataset):
             "boxes": [b["boxes"] for b in batch],
             "row": torch.tensor([b["row"] for b in batch]),
         }
-
-
-def _batches(dataset: torch.utils.data.Dataset, batch_size: int) -> Any:
-    """The whole dataset in order, collated the dataset's way."""
-    join = getattr(dataset, "collate", collate)
-    for start in range(0, len(dataset), batch_size):
-        yield join([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
 
 
 def level_bytes(model: DetectionModel) -> int:
@@ -165,7 +154,7 @@ def predict(model: DetectionModel, dataset: Any, batch_size: int, p: dict) -> tu
     was = model.training
     model.eval()
     preds, gts = [], []
-    for batch in _batches(dataset, batch_size):
+    for batch in batches(dataset, batch_size):
         out = model.outputs(batch)
         dets = decode(
             out,

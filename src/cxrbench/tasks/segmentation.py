@@ -109,10 +109,6 @@ class SegmentationModel(nn.Module):
             img, mask = shift_scale_rotate(img, mask, self.gen)
         return img, mask
 
-    def checkpoint_exclude(self) -> tuple[str, ...]:
-        """The frozen backbone never changes: the engine's checkpoints leave it out."""
-        return ("encoder.backbone.",)
-
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         img, mask = self.inputs(batch, self.training)
         loss = segmentation_loss(
