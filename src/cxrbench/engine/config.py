@@ -37,6 +37,7 @@ class EngineConfig:
     progress: bool = True
     drop_last: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    devices: int = 1  # processes the pretrain rule launches (torchrun --nproc_per_node); the loop reads WORLD_SIZE
     find_unused_parameters: bool = True  # DDP: parameters unused in some steps (G2D's decoder early, mask token)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with the checkpoint
 
@@ -46,7 +47,7 @@ class EngineConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"engine.{key} = {getattr(self, key)!r}; expected one of {allowed}")
-        for key in ("epochs", "batch_size", "grad_accum", "ckpt_every", "log_every", "restart_every"):
+        for key in ("epochs", "batch_size", "grad_accum", "ckpt_every", "log_every", "restart_every", "devices"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"engine.{key} = {getattr(self, key)!r}; expected an integer >= 1")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
