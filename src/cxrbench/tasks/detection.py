@@ -21,6 +21,7 @@ from torch import nn
 from cxrbench.metrics.detection import map_reference, map_strict
 from cxrbench.models.yolo import COCO_ANCHORS_416, YOLOv3Head, decode, yolo_loss
 from cxrbench.registry import TASKS
+from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import Task
 from cxrbench.tasks._common import (
     FeatureCache,
@@ -226,6 +227,7 @@ class Detection(Task):
         join = getattr(sets["train"], "collate", collate)
         fit(model, sets["train"], cfg, Path(out_dir) / "train", seed=seed, collate_fn=join, val_fn=val_fn)
         preds, gts = predict(model, sets["test"], bs, p)
+        _predictions.detection(out_dir, rows["test"], preds, gts, max_dets=model.max_boxes)
         out = {
             **_flat("reference", map_reference(preds, gts, max_dets=model.max_boxes)),
             **_flat("strict", map_strict(preds, gts, max_dets=model.max_boxes)),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cxrbench.registry import TASKS
+from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import Task
 from cxrbench.tasks._common import (
     StoreDataset,
@@ -122,4 +123,5 @@ class Finetune(Task):
             val_fn=lambda m: {"val_loss": predict(m, sets["valid"], bs)[0]},
         )
         _, y, logits = predict(model, sets["test"], bs)
+        _predictions.classification(out_dir, sets["test"].rows, y, logits=logits, multiclass=multiclass)
         return classification_metrics(y, logits, names, multiclass)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from cxrbench.metrics.grounding import map_iou_dice, pointing_game, rasterize_boxes
 from cxrbench.registry import TASKS
+from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import Task
 from cxrbench.tasks._common import (
     StoreDataset,
@@ -95,6 +96,7 @@ class Grounding(Task):
             Path(out_dir) / "examples.npz", image=torch.cat(images)[:k].numpy(), mask=gt[:k], sim=sim[:k], row=rows[:k]
         )
         threshold = float(p.get("threshold", 0.5))
+        _predictions.grounding(out_dir, rows, torch.cat(natives).numpy(), sim, gt, threshold=threshold)
         return {
             "PointingGame": pointing_game(torch.cat(natives).numpy(), gt),
             **map_iou_dice(sim, gt, threshold=threshold),

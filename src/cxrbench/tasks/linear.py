@@ -19,6 +19,7 @@ from torch import nn
 
 from cxrbench.metrics.classification import accuracy, auroc
 from cxrbench.registry import TASKS
+from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import Task
 from cxrbench.tasks._common import (
     FeatureCache,
@@ -137,4 +138,6 @@ class LinearProbe(Task):
         train_set = torch.utils.data.TensorDataset(*xy["train"])
         fit(head, train_set, cfg, Path(out_dir) / "train", seed=seed, val_fn=val_fn)
         _, logits = evaluate_head(head, *xy["test"])
+        _predictions.classification(out_dir, data.rows("test", 100), xy["test"][1].numpy(), logits=logits,
+                                    multiclass=multiclass)
         return classification_metrics(xy["test"][1].numpy(), logits, names, multiclass)

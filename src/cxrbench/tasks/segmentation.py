@@ -17,6 +17,7 @@ from torch import nn
 from cxrbench.metrics.segmentation import dice_reference, dice_strict
 from cxrbench.models.unet import REFERENCE_DECODER_CHANNELS, UNetDecoder
 from cxrbench.registry import TASKS
+from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import NotApplicable, Task
 from cxrbench.tasks._common import (
     FrozenEncoder,
@@ -197,6 +198,7 @@ class Segmentation(Task):
             val_fn=lambda m: {"val_loss": predict(m, sets["valid"], eval_bs)[0]},
         )
         _, prob, target, images = predict(model, sets["test"], eval_bs)
+        _predictions.segmentation(out_dir, sets["test"].rows, prob, target, batch_size=eval_bs)
         k = min(4, len(prob))
         save_npz_atomic(
             Path(out_dir) / "examples.npz",

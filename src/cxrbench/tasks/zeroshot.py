@@ -15,6 +15,7 @@ import torch
 
 from cxrbench.metrics.classification import multilabel_zero_shot
 from cxrbench.registry import TASKS
+from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import Task
 from cxrbench.tasks._common import (
     StoreDataset,
@@ -83,4 +84,5 @@ class ZeroShotClassification(Task):
         )
         scores = pair_scores(img, pos, neg, float(p.get("temperature", 1.0))).numpy()
         y = binary_labels(data.labels(rows), float(p.get("uncertain_as", 1.0)))
+        _predictions.classification(out_dir, rows, y, scores=scores)
         return multilabel_zero_shot(y, scores, names)
