@@ -134,6 +134,7 @@ def test_clipping_bounds_the_update(tmp_path):
     assert step.norm().item() == pytest.approx(0.5, rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:precision. bf16 on a cpu")
 def test_bf16_runs_close_to_fp32(tmp_path):
     a, b = Linear(), Linear()
     ra = fit(a, Regression(), cfg(max_steps=3), tmp_path / "a", seed=0)
@@ -142,6 +143,38 @@ def test_bf16_runs_close_to_fp32(tmp_path):
     assert b.lin.weight.dtype == torch.float32  # master weights stay fp32
     for x, y in zip(ra.history, rb.history, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=2e-2)
+
+
+@pytest.mark.parametrize(("flags", "want"), [("fpu sse avx2 fma", "fp32"), ("fpu avx2 avx512f avx512_bf16", "bf16"),
+                                             ("fpu avx2 amx_tile amx_bf16", "bf16")])
+def test_precision_auto_follows_the_cpu_flags(tmp_path, monkeypatch, flags, want):
+    from cxrbench.engine import precision as P
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    flags_of = P.cpu_flags.__wrapped__  # the uncached reader, on a file written here
+    monkeypatch.setattr(P, "cpu_flags", lambda: flags_of(str(info)))
+    assert P.resolve_precision("auto", "cpu") == want
+    assert P.resolve_precision("fp32", "cpu") == "fp32"
+    m = Linear()
+    fit(m, Regression(), cfg(max_steps=1, precision="auto"), tmp_path / "run", seed=0)
+    assert m.dtypes[0] == (torch.bfloat16 if want == "bf16" else torch.float32)
+    rec = P.resolved_engine_params({"precision": "auto", "lr": 0.1}, device="cpu")
+    assert rec == {"precision": want, "precision_requested": "auto", "lr": 0.1}
+
+
+def test_explicit_bf16_on_an_emulating_cpu_warns_once(tmp_path, monkeypatch):
+    from cxrbench.engine import precision as P
+
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))
+    P._warn_emulated.cache_clear()
+    with pytest.warns(RuntimeWarning, match="without native bf16") as record:
+        assert P.resolve_precision("bf16", "cpu") == "bf16"
+        assert P.resolve_precision("bf16", "cpu") == "bf16"
+        fit(Linear(), Regression(), cfg(max_steps=1, precision="bf16"), tmp_path, seed=0)
+    assert len([w for w in record if "native bf16" in str(w.message)]) == 1
+    with pytest.raises(ValueError, match="precision"):
+        EngineConfig(precision="fp16")
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])

@@ -53,6 +53,17 @@ def open_dataset(dataset_dir: Path) -> Any:
     return PreparedDataset(dataset_dir)
 
 
+def recorded_params(params: dict[str, Any], dataset: str, fraction: int) -> dict[str, Any]:
+    """The task parameters as config.json records them: ``engine.precision`` is what this run trains in (``auto``
+    resolved on its device, after the ``by_dataset`` / ``by_fraction`` overrides), ``engine.precision_requested``
+    what was asked for."""
+    from cxrbench.engine.precision import resolved_engine_params
+    from cxrbench.tasks._common import resolve
+
+    engine = dict(resolve(params, dataset, fraction).get("engine") or {})
+    return {**params, "engine": {**dict(params.get("engine") or {}), **resolved_engine_params(engine)}}
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
@@ -101,7 +112,8 @@ def run_evaluation(
     run = {"method": method, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
     write_json_atomic(
         out_dir / "config.json",
-        {"run": run, "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir), "task_params": params},
+        {"run": run, "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir),
+         "task_params": recorded_params(params, dataset, int(fraction))},
     )
     torch.manual_seed(seed)
     status, reason, metrics = "ok", None, {}

@@ -89,7 +89,10 @@ def run_pretrain(
                        last_loss=losses[-1] if losses else None)
     else:
         module = m.build()
-    summary["parameters"] = export(module, method, params, out_dir, engine_params=engine_params)
+    from cxrbench.engine.precision import resolved_engine_params
+
+    recorded = resolved_engine_params(dict(engine_params))  # precision: the resolved value + precision_requested
+    summary["parameters"] = export(module, method, params, out_dir, engine_params=recorded)
     return summary
 
 

@@ -25,7 +25,7 @@ class EngineConfig:
     warmup_steps: int = 0
     restart_every: int = 200  # cosine_restarts period, in optimiser steps
     min_lr: float = 0.0
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # auto | fp32 | bf16 (auto: bf16 where the device runs it natively, engine.precision)
     grad_accum: int = 1
     clip_norm: float | None = None
     ckpt_every: int = 100
@@ -43,7 +43,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         choices = {"optimizer": ("adamw", "sgd"), "schedule": ("constant", "warmup_cosine", "cosine_restarts"),
-                   "precision": ("fp32", "bf16"), "mode": ("min", "max"), "device": ("auto", "cpu", "cuda")}
+                   "precision": ("auto", "fp32", "bf16"), "mode": ("min", "max"), "device": ("auto", "cpu", "cuda")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"engine.{key} = {getattr(self, key)!r}; expected one of {allowed}")

@@ -28,6 +28,7 @@ from torch import nn
 from cxrbench.engine import dist as D
 from cxrbench.engine.config import EngineConfig, FitResult, lr_at, wd_at
 from cxrbench.engine.data import ResumableBatchSampler, make_loader, to_device
+from cxrbench.engine.precision import resolve_precision
 from cxrbench.engine.state import atomic_torch_save, capture_rng, load_checkpoint, restore_rng, write_curves
 
 
@@ -51,6 +52,7 @@ class _Trainer:
                  collate_fn: Any, val_fn: Any, info: D.DistInfo, device: torch.device) -> None:
         self.cfg, self.out, self.seed, self.val_fn, self.info, self.device = cfg, out, seed, val_fn, info, device
         self.raw = module.to(device)
+        self.precision = resolve_precision(cfg.precision, device)  # auto -> bf16 only where native
         self.train_set = train_set
         self.sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, seed, rank=info.rank,
                                              world_size=info.world_size, drop_last=cfg.drop_last)
@@ -209,7 +211,7 @@ class _Trainer:
         return iter(self.loader)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _step(self, micro: list[Any]) -> None:
         cfg, step = self.cfg, self.s["step"]
