@@ -88,6 +88,37 @@ def gather(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of the gathered tensor and returns this rank's slice
+    (what ``torch.distributed.nn.all_gather`` does; written with all_reduce, which gloo supports)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) per process -> (world_size * B, ...) in rank order, differentiable; ``x`` itself outside torchrun.
+
+    Used for the negatives of a contrastive loss (open_clip ``src/open_clip/loss.py`` ``gather_features`` with
+    ``gather_with_grad``): every rank computes the loss of the whole global batch, and the backward all-reduce hands
+    each rank the gradient that all ranks' losses send to its own rows. The engine's DDP averages parameter
+    gradients over ranks, so loss and gradients equal one process holding the whole global batch (every rank must
+    pass the same B: the engine's sampler gives each rank equal batches)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

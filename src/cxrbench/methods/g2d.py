@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrbench.engine.dist import gather_with_grad
 from cxrbench.losses import pseudo_seg_loss, symmetric_infonce
 from cxrbench.methods._base import Method
 from cxrbench.methods._common import (
@@ -95,6 +96,8 @@ class G2DModule(StepCounter):
         p, name = params, params.get("_name", "g2d")
         self.variant = p.get("variant", "paper")
         self.temperature = float(p.get("temperature", 0.07))
+        # negatives from every process's batch under torchrun (the papers' global batch); the released G2D code: false
+        self.gather_negatives = bool(p.get("gather_negatives", True))
         self.warmup_global_steps = int(p.get("warmup_global_steps", 200))
         self.pseudo_mask_params = dict(p.get("pseudo_mask") or {})
         self.dice_smooth = float(p.get("dice_smooth", 1.0))
@@ -131,7 +134,10 @@ class G2DModule(StepCounter):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         view, x = self.input(batch_images(batch, self), self.step, batch.get("row"))
         out, img, attn, _ = self.image_features(x)
-        loss_g = symmetric_infonce(img, self.text_features(list(batch["text"])), temperature=self.temperature,
+        txt = self.text_features(list(batch["text"]))
+        if self.gather_negatives:  # (world_size * B, D): one process with the global batch, gradients included
+            img, txt = gather_with_grad(img), gather_with_grad(txt)
+        loss_g = symmetric_infonce(img, txt, temperature=self.temperature,
                                    variant=self.variant)
         result = {"loss_global": loss_g.detach()}
         loss = loss_g
