@@ -38,7 +38,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    params = _params(args)
+    """Every problem of the file on its own line (stderr), exit status 2; else the size of the matrix."""
+    try:
+        params = _params(args)
+    except config.ParamsError as err:
+        lines = getattr(err, "lines", None) or [str(err)]
+        print("\n".join(lines), file=sys.stderr)
+        print(f"cxrbench validate: {args.params}: {len(lines)} problem{'s' * (len(lines) > 1)}", file=sys.stderr)
+        return 2
     from cxrbench import matrix
 
     print(f"{args.params}: valid; {len(matrix.runs(params))} runs over {len(matrix.datasets(params))} datasets")
@@ -72,15 +79,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """Exit 0 done, 2 bad input (one message naming file/row/column, after the table of every problem), 1 a bug."""
+    from cxrbench.data.formats._base import DataFormatError
     from cxrbench.data.prepare import prepare_dataset
 
     p = _resolved(args, lambda params: config.dataset_params(params, args.dataset))
-    summary = prepare_dataset(
-        args.dataset, Path(args.raw or p["raw"]), Path(args.out),
-        size=args.size or p["image_size"], split_protocol=args.split_protocol or p["split_protocol"],
-        fraction_seed=p["fraction_seed"], fractions=tuple(p["fractions"]), workers=args.workers or p.get("workers"),
-        skip_bad=p["skip_bad"], options=p.get("options", {}),
-    )
+    try:
+        summary = prepare_dataset(
+            args.dataset, Path(args.raw or p["raw"]), Path(args.out),
+            size=args.size or p["image_size"], split_protocol=args.split_protocol or p["split_protocol"],
+            fraction_seed=p["fraction_seed"], fractions=tuple(p["fractions"]),
+            workers=args.workers or p.get("workers"), skip_bad=p["skip_bad"],
+            max_skipped_fraction=p.get("max_skipped_fraction", 0.001), options=p.get("options", {}),
+        )
+    except DataFormatError as err:
+        print(f"cxrbench prepare: error: {err}", file=sys.stderr)
+        return 2
     print(config.dumps(summary))
     return 0
 
@@ -92,22 +106,56 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     engine = p.pop("engine")
     seed = p.pop("seed")
     work = Path(args.work) if args.work else None
-    summary = run_pretrain(args.method, p, engine, Path(args.data), Path(args.out), seed=seed, work_dir=work)
+    method = str(p.get("method", args.method))  # the registered method a named entry derives from
+    summary = run_pretrain(method, p, engine, Path(args.data), Path(args.out), seed=seed, work_dir=work)
     print(config.dumps(summary))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """One run (``--task --dataset --fraction --seed --data --out``), or several in one process (``--runs
+    task:dataset:fraction:seed ...`` under ``--prepared`` and ``--runs-root``, what the workflow's jobs call). With
+    several, a failing run is reported and the others still run; the exit status is then 1."""
+    from cxrbench import matrix
+
+    if args.runs:
+        templates = [matrix.RunTemplate.parse(spec) for spec in args.runs]
+    else:
+        missing = [f"--{n}" for n in ("task", "dataset", "fraction", "seed", "data", "out") if getattr(args, n) is None]
+        if missing:
+            raise config.ParamsError(f"evaluate: give --runs, or one run with {' '.join(missing)}")
+        templates = [matrix.RunTemplate(args.task, args.dataset, args.fraction, args.seed)]
+    tasks = sorted({t.task for t in templates})
+    resolved = _resolved(args, lambda params: {t: config.task_params(params, t) for t in tasks})  # task -> params
+    failed = [t.spec() for t in templates if not _evaluate_one(args, t, resolved[t.task])]
+    if failed:
+        print(f"cxrbench evaluate: {len(failed)} of {len(templates)} runs failed: {' '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_one(args: argparse.Namespace, t: Any, task_params: dict[str, Any]) -> bool:
+    import traceback
+
+    from cxrbench import matrix
     from cxrbench.evaluate import run_evaluation
 
-    p = _resolved(args, lambda params: config.task_params(params, args.task))
-    result = run_evaluation(
-        ckpt_dir=Path(args.ckpt), task=args.task, dataset_dir=Path(args.data), dataset=args.dataset,
-        fraction=args.fraction, seed=args.seed, task_params=p, out_dir=Path(args.out),
-        cache_dir=Path(args.cache) if args.cache else None,
-    )
-    print(config.dumps({k: result[k] for k in ("status", "metrics") if k in result}))
-    return 0
+    run = matrix.Run(args.method, t.task, t.dataset, t.fraction, t.seed)
+    out = Path(args.out) if args.out else Path(run.directory(args.runs_root))
+    data = Path(args.data) if args.data else Path(args.prepared) / t.dataset
+    call = dict(ckpt_dir=Path(args.ckpt), task=t.task, dataset_dir=data, dataset=t.dataset, fraction=t.fraction,
+                seed=t.seed, task_params=task_params, out_dir=out, method=args.method,
+                cache_dir=Path(args.cache) if args.cache else None)
+    if not args.runs:  # one run: its error is the command's error
+        result = run_evaluation(**call)
+    else:
+        try:
+            result = run_evaluation(**call)
+        except Exception:  # one failed run of a chunk must not cost the others theirs
+            print(f"cxrbench evaluate: run {t.spec()} failed:\n{traceback.format_exc()}", file=sys.stderr)
+            return False
+    print(f"{t.spec()}: " + config.dumps({k: result[k] for k in ("status", "metrics") if k in result}))
+    return True
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -120,16 +168,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_yaml(path: str) -> Any:
+    """A parameter file read strictly (duplicate keys, syntax errors: file, line and column)."""
+    from cxrbench import yamlio
+
+    try:
+        return yamlio.load_file(path)
+    except yamlio.YamlError as err:
+        raise config.ParamsError(str(err)) from None
+
+
 def cmd_use_params(args: argparse.Namespace) -> int:
+    """A complete parameter set (every top-level key: e.g. workflow/params/paper.yaml) REPLACES params.yaml, so no
+    value of the previous scale survives; a partial one (an overlay such as workflow/params/ci.yaml) is merged over
+    it."""
     import yaml
 
-    current = yaml.safe_load(Path(args.params).read_text())
-    overlay = yaml.safe_load(Path(args.file).read_text())
-    merged = config.validate_params(config.merge(current, overlay), source=args.file)
+    overlay = _read_yaml(args.file) or {}
+    complete = set(config.schema()["required"]) <= set(overlay)
+    if complete:
+        new = overlay
+    else:
+        new = config.merge(_read_yaml(args.params), overlay)
+    merged = config.validate_params(new, source=args.file)
     tmp = Path(args.params).with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
     tmp.replace(args.params)
-    print(f"{args.params}: now {args.file} merged over the previous parameters")
+    how = "replaced by" if complete else "merged with"
+    print(f"{args.params}: {how} {args.file}" + ("" if complete else " (an overlay: the other values stay)"))
     return 0
 
 
@@ -175,12 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--work", help="resumable training state (default: <out>.work)")
-    p = add("evaluate", cmd_evaluate, "run one downstream run (method x task x dataset x fraction x seed)", True)
-    for name in ("method", "task", "dataset", "ckpt", "data", "out"):
-        p.add_argument(f"--{name}", required=True)
-    p.add_argument("--fraction", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--cache", help="feature cache directory")
+    p = add("evaluate", cmd_evaluate, "downstream runs (method x task x dataset x fraction x seed): one, or several "
+            "in one process", True)
+    p.add_argument("--method", required=True, help="the matrix method entry (names the run directories)")
+    p.add_argument("--ckpt", required=True, help="the method's checkpoint directory (data/checkpoints/<method>)")
+    p.add_argument("--runs", nargs="+", metavar="TASK:DATASET:FRACTION:SEED", help="several runs in one process")
+    p.add_argument("--prepared", default="data/prepared", help="prepared stores root, with --runs")
+    p.add_argument("--runs-root", default="results/runs", help="run directories root, with --runs")
+    for name, text in (("task", "one run's task"), ("dataset", "one run's dataset"),
+                       ("data", "one run's prepared store"), ("out", "one run's output directory")):
+        p.add_argument(f"--{name}", help=text)
+    p.add_argument("--fraction", type=int, help="one run's training fraction (percent)")
+    p.add_argument("--seed", type=int, help="one run's seed")
+    p.add_argument("--cache", help="feature cache directory (default data/features)")
     p = add("report", cmd_report, "tables (published vs reproduced), figures and summary metrics", True)
     p.add_argument("--runs")
     p.add_argument("--out")

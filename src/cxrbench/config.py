@@ -34,44 +34,31 @@ def _key(path: Any) -> str:
 
 
 def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dict[str, Any]:
-    """Validate ``params`` against the schema; the first error names the key, the bad value and what was expected."""
-    import jsonschema
+    """Validate ``params`` (``cxrbench.validation``: the schema, each named section's own schema, the cross
+    references); ALL problems are raised at once, one line each naming the key and what was expected
+    (``err.lines``)."""
+    from cxrbench import validation
 
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
-    if errors:
-        lines = [f"{source}: key '{_key(e.absolute_path)}': {e.message}" for e in errors[:10]]
-        raise ParamsError("invalid parameters:\n  " + "\n  ".join(lines))
-    _check_cross_references(params, source)
+    if not isinstance(params, Mapping):
+        raise ParamsError(f"{source}: expected a mapping of parameters, got {type(params).__name__}")
+    lines = [p.line(source) for p in validation.problems(params)]
+    if lines:
+        head = f"invalid parameters ({len(lines)} problem{'s' * (len(lines) > 1)}):"
+        err = ParamsError("\n  ".join([head, *lines]))
+        err.lines = lines
+        raise err
     return dict(params)
 
 
-def _check_cross_references(params: Mapping[str, Any], source: str) -> None:
-    """What a schema cannot say: every name in the matrix lists must have its own section."""
-    matrix = params["matrix"]
-    for kind, section in (("methods", params["pretrain"]["methods"]), ("tasks", params["evaluate"]["tasks"])):
-        for name in matrix[kind]:
-            if name not in section:
-                where = "pretrain.methods" if kind == "methods" else "evaluate.tasks"
-                raise ParamsError(f"{source}: key 'matrix.{kind}' lists {name!r} but '{where}.{name}' is missing")
-    datasets = params["data"]["datasets"]
-    for task in matrix["tasks"]:
-        for ds in params["evaluate"]["tasks"][task]["datasets"]:
-            if ds not in datasets:
-                raise ParamsError(
-                    f"{source}: key 'evaluate.tasks.{task}.datasets' names {ds!r}, not in 'data.datasets'"
-                )
-    if params["pretrain"]["dataset"] not in datasets:
-        name = params["pretrain"]["dataset"]
-        raise ParamsError(f"{source}: key 'pretrain.dataset' is {name!r}, not in 'data.datasets'")
-
-
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read, override (``key.sub=value`` with YAML values) and validate a parameter file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"parameter file {path} not found (run from the project root or pass --params)")
-    params = yaml.safe_load(path.read_text()) or {}
+    """Read (strictly: duplicate keys and syntax errors name file, line and column), override (``key.sub=value``
+    with YAML values) and validate a parameter file."""
+    from cxrbench import yamlio
+
+    try:
+        params = yamlio.load_file(path) or {}
+    except yamlio.YamlError as err:
+        raise ParamsError(str(err)) from None
     for item in overrides or []:
         set_key(params, item)
     return validate_params(params, source=str(path))
@@ -121,9 +108,31 @@ def _over_engine(params: Mapping[str, Any], stage: str, section: Mapping[str, An
     return resolved
 
 
-def method_params(params: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """Resolved parameters of one pretraining method: its section, engine defaults merged under its ``engine``."""
-    return _over_engine(params, "pretrain", params["pretrain"]["methods"][method])
+def method_params(params: Mapping[str, Any], entry: str) -> dict[str, Any]:
+    """Resolved parameters of one matrix method entry, every value the run will use.
+
+    An entry is a section of ``pretrain.methods``; ``method:`` names the registered method it builds (default: the
+    entry's own name), so ``g2d_median: {method: g2d, pseudo_mask: {percentile: 50}}`` is G2D with one override.
+    Layers, lowest first (:mod:`cxrbench.presets`): the recipe of ``(method, variant)``, the shared
+    ``pretrain.engine``, the entry's section. The result also names the entry (``name``), the registered ``method``,
+    the ``variant`` and ``preset`` (the recipe's name and the keys whose values differ from it)."""
+    from cxrbench import presets
+
+    section = params["pretrain"]["methods"][entry]
+    base = str(section.get("method", entry))
+    variant = section.get("variant")
+    try:
+        recipe = presets.preset(base, variant)
+    except KeyError as err:
+        raise ParamsError(f"key 'pretrain.methods.{entry}.variant': {err.args[0]}") from None
+    resolved = merge(merge(recipe, {"engine": params["pretrain"]["engine"]}), section)
+    resolved["engine"].setdefault("precision", params["precision"])
+    resolved["engine"].setdefault("device", params["device"])
+    resolved.update(name=entry, method=base)
+    if presets.variants(base):
+        resolved["variant"] = variant or presets.DEFAULT_VARIANT
+    resolved["preset"] = presets.provenance(base, variant, resolved)
+    return resolved
 
 
 def task_params(params: Mapping[str, Any], task: str) -> dict[str, Any]:

@@ -97,19 +97,21 @@ def run_evaluation(
     task_params: dict[str, Any],
     out_dir: Path,
     cache_dir: Path | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Run one downstream evaluation and write ``out_dir/metrics.json`` + ``config.json``; returns the metrics
     record. ``cache_dir`` (default ``task_params["cache_dir"]``, else ``data/features``) holds frozen features.
     The torch default generator is seeded with ``seed`` here, at the stage boundary, for any library code that
-    draws from it; the tasks themselves use explicit generators derived from ``seed``."""
+    draws from it; the tasks themselves use explicit generators derived from ``seed``. ``method`` names the matrix
+    entry (its run directory; default: the registered method that wrote the checkpoint, ``base_method``)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     params = {**task_params, "cache_dir": str(cache_dir or task_params.get("cache_dir") or "data/features")}
     task_obj = TASKS.get(task)(params)
     if task_obj.datasets and dataset not in task_obj.datasets:
         raise ValueError(f"task {task!r} runs on {list(task_obj.datasets)}, not on dataset {dataset!r}")
-    method = checkpoint_method(Path(ckpt_dir))
-    run = {"method": method, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
+    base = checkpoint_method(Path(ckpt_dir))
+    run = {"method": method or base, "task": task, "dataset": dataset, "fraction": int(fraction), "seed": int(seed)}
     write_json_atomic(
         out_dir / "config.json",
         {"run": run, "ckpt_dir": str(ckpt_dir), "dataset_dir": str(dataset_dir),
@@ -118,7 +120,7 @@ def run_evaluation(
     torch.manual_seed(seed)
     status, reason, metrics = "ok", None, {}
     try:
-        task_obj.check_method(METHODS.get(method))  # from the class alone: no checkpoint or dataset loaded yet
+        task_obj.check_method(METHODS.get(base))  # from the class alone: no checkpoint or dataset loaded yet
         store = open_dataset(Path(dataset_dir))
         if str(store.name) != dataset:
             raise ValueError(

@@ -44,6 +44,45 @@ def runs(params: Mapping[str, Any]) -> list[Run]:
     return sorted(set(out))
 
 
+@dataclass(frozen=True, order=True)
+class RunTemplate:
+    """A run without its method: every method of the matrix runs the same templates."""
+
+    task: str
+    dataset: str
+    fraction: int
+    seed: int
+
+    def metrics_path(self, runs_root: str, method: str = "{method}") -> str:
+        return Run(method, self.task, self.dataset, self.fraction, self.seed).metrics_path(runs_root)
+
+    def spec(self) -> str:
+        """``task:dataset:fraction:seed``, what ``cxrbench evaluate --runs`` takes."""
+        return f"{self.task}:{self.dataset}:{self.fraction}:{self.seed}"
+
+    @classmethod
+    def parse(cls, spec: str) -> RunTemplate:
+        parts = spec.split(":")
+        if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+            raise ValueError(f"run {spec!r}: expected task:dataset:fraction:seed, e.g. linear:rsna:10:0")
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]))
+
+
+def run_templates(params: Mapping[str, Any]) -> list[RunTemplate]:
+    """The runs of one method, sorted (task, dataset, fraction, seed)."""
+    return sorted({RunTemplate(r.task, r.dataset, r.fraction, r.seed) for r in runs(params)})
+
+
+def evaluate_jobs(params: Mapping[str, Any]) -> list[list[RunTemplate]]:
+    """The evaluate phase's jobs for one method: its run templates in consecutive chunks of
+    ``evaluate.runs_per_job`` (default 1: one run per job, what a cluster wants at paper scale). A job runs its
+    chunk in one process, so the Python start-up (torch, torchvision, scikit-learn: seconds) is paid once per chunk
+    rather than once per run; frozen features are shared through the feature cache either way."""
+    k = int(params["evaluate"].get("runs_per_job", 1))
+    templates = run_templates(params)
+    return [templates[i : i + k] for i in range(0, len(templates), k)]
+
+
 def datasets(params: Mapping[str, Any]) -> list[str]:
     """Datasets that must be prepared: the pretraining corpus and every dataset a task of the matrix uses."""
     needed = {params["pretrain"]["dataset"]}
@@ -86,10 +125,24 @@ def report_params(params: Mapping[str, Any]) -> dict[str, Any]:
             "report": params["report"], "scale": params["scale"]}
 
 
+REPORT_TABLES = ("g2d_table1", "g2d_table2a", "g2d_table2b", "g2d_table3", "g2d_table4", "g2d_table5", "g2d_table7",
+                 "mflag_published")
+REPORT_FIGURES = ("data_efficiency", "auroc_heatmap", "pseudo_mask_gallery", "segmentation_examples",
+                  "grounding_overlays", "detection_examples", "pretrain_loss")
+
+
 def report_files(params: Mapping[str, Any]) -> dict[str, str]:
+    """Every file the report writes, by key: ``<table>_{md,csv,tex}`` under tables/ (the papers' tables, the
+    scorecard and the comparisons), ``metrics_<table>`` under metrics/, ``figure_<name>_{png,svg}`` under
+    figures/, DVC plot data under plots/, and runs.csv, summary.json, pretrain_curves.csv."""
     root = params["paths"]["report"]
-    names = {"table_csv": "table.csv", "table_md": "table.md", "summary": "summary.json", "figure": "figure.png",
-             "runs_csv": "runs.csv", "curves": "pretrain_curves.csv"}
+    names = {"summary": "summary.json", "runs_csv": "runs.csv", "curves": "pretrain_curves.csv",
+             "plot_pretrain_loss": "plots/pretrain_loss.csv", "plot_efficiency": "plots/efficiency.csv"}
+    for table in (*REPORT_TABLES, "scorecard", "comparisons"):
+        names.update({f"{table}_{ext}": f"tables/{table}.{ext}" for ext in ("md", "csv", "tex")})
+    names.update({f"metrics_{table}": f"metrics/{table}.json" for table in REPORT_TABLES})
+    for fig in REPORT_FIGURES:
+        names.update({f"figure_{fig}_{ext}": f"figures/{fig}.{ext}" for ext in ("png", "svg")})
     return {k: str(PurePosixPath(root, v)) for k, v in names.items()}
 
 

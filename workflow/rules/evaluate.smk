@@ -1,25 +1,57 @@
-rule evaluate:
-    input:
-        ckpt=os.path.join(PATHS["checkpoints"], "{method}"),
-        data=os.path.join(PATHS["prepared"], "{dataset}"),
-    output:
-        os.path.join(
-            PATHS["runs"], "{method}/{task}/{dataset}/f{fraction}/s{seed}/metrics.json"
-        ),
-    log:
-        f"{LOGS}/evaluate/{{method}}/{{task}}/{{dataset}}/f{{fraction}}_s{{seed}}.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=720,
-    params:
-        cfg=lambda wc: as_arg(cxconfig.task_params(PARAMS, wc.task)),
-        cache=PATHS["features"],
-        out=lambda wc, output: os.path.dirname(output[0]),
-    shell:
-        "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench evaluate --method {wildcards.method} --task {wildcards.task}"
-        " --dataset {wildcards.dataset} --fraction {wildcards.fraction} --seed {wildcards.seed}"
-        " --ckpt {input.ckpt} --data {input.data} --out {params.out} --cache {params.cache}"
-        " --resolved {params.cfg} > {log} 2>&1"
+# The evaluate phase: one rule per chunk of a method's runs (cxrbench.matrix.evaluate_jobs), with the method as the
+# wildcard. `evaluate.runs_per_job` sets the chunk: 1 at paper scale (a cluster spreads the runs one per job), more in
+# the demo so that a job pays the Python start-up once for many small runs. Each run still writes its own run
+# directory (metrics.json, config.json); a job that fails loses only its own chunk.
+EVAL_JOBS = matrix.evaluate_jobs(PARAMS)
+
+
+def constant(value):
+    """A params entry Snakemake leaves as it is (a plain string with braces, e.g. a prompt, would be a wildcard)."""
+    return lambda wildcards: value
+
+
+def chunk_request(chunk):
+    """A chunk's scheduler request: the largest per-task request of its runs; runtimes add up."""
+    reqs = [request("evaluate", t.task) for t in chunk]
+    out = {k: max(r[k] for r in reqs) for k in ("threads", "mem_mb", "gpus")}
+    out["runtime"] = sum(r["runtime"] for r in reqs)
+    return out
+
+
+for j, chunk in enumerate(EVAL_JOBS):
+    req = chunk_request(chunk)
+
+    rule:
+        name:
+            f"evaluate_{j:03d}"
+        input:
+            ckpt=os.path.join(PATHS["checkpoints"], "{method}"),
+            data=sorted({matrix.prepared_dir(PARAMS, t.dataset) for t in chunk}),
+        output:
+            [t.metrics_path(PATHS["runs"]) for t in chunk],
+        log:
+            f"{LOGS}/evaluate/{{method}}/job{j:03d}.log",
+        conda:
+            ENV
+        threads: req["threads"]
+        resources:
+            mem_mb=req["mem_mb"],
+            runtime=req["runtime"],
+            gpu=req["gpus"],
+        params:
+            cfg=constant(
+                as_arg(
+                    {
+                        t: cxconfig.task_params(PARAMS, t)
+                        for t in {c.task for c in chunk}
+                    }
+                )
+            ),
+            runs=" ".join(t.spec() for t in chunk),
+            prepared=PATHS["prepared"],
+            cache=PATHS["features"],
+            root=PATHS["runs"],
+        shell:
+            "OMP_NUM_THREADS={threads} {CLI} evaluate --method {wildcards.method} --runs {params.runs}"
+            " --ckpt {input.ckpt} --prepared {params.prepared} --runs-root {params.root} --cache {params.cache}"
+            " --resolved {params.cfg} > {log} 2>&1"
