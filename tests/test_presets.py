@@ -141,7 +141,8 @@ def _resolved_paper_value(paper: dict, dotted: str):
     if parts[:2] == ["pretrain", "methods"] and parts[2] in paper["pretrain"]["methods"]:
         return [presets.leaves(config.method_params(paper, parts[2])).get(".".join(parts[3:]), "<absent>")]
     if parts[:2] == ["pretrain", "engine"]:
-        return [config.method_params(paper, m)["engine"].get(parts[2], "<absent>") for m in paper["pretrain"]["methods"]]
+        methods = paper["pretrain"]["methods"]
+        return [config.method_params(paper, m)["engine"].get(parts[2], "<absent>") for m in methods]
     if parts[:2] == ["evaluate", "tasks"] and parts[2] in paper["evaluate"]["tasks"]:
         return [presets.leaves(config.task_params(paper, parts[2])).get(".".join(parts[3:]), "<absent>")]
     if parts[:2] == ["evaluate", "engine"]:

@@ -113,7 +113,8 @@ _MFLAG_COMMON: dict[str, Entry] = {
     "backbone": ("resnet50", f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert: resnet50(pretrained=True), "
                              "ImageNet: give a local file as backbone_kwargs.weights"),
     "image_size": (224, f"{MFLAG_CODE} utils/utils_dataset.py I_T_emb_dataset: RandomCrop(224)"),
-    "text.name_or_path": ("microsoft/BiomedVLP-CXR-BERT-general", f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert"),
+    "text.name_or_path": ("microsoft/BiomedVLP-CXR-BERT-general",
+                          f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert"),
     "text.max_length": (512, f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert._tokenize max_length=512"),
     "text.trust_remote_code": (True, f"{MFLAG_CODE} utils/utils_builder.py AutoModel(trust_remote_code=True)"),
     "proj_hidden": (2048, f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert.proj_v / proj_t"),

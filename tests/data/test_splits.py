@@ -98,3 +98,23 @@ def test_stratified_multiclass_strata():
     fr = draw_fractions(IDS[:300], (1,), seed=1, strata=classes)
     got = {int(classes[IDS.index(i)]) for i in fr[1]}
     assert got == {0, 1, 2} and len(fr[1]) == 3
+
+
+def test_stratified_floor_holds_min_positives_per_label_and_stays_nested():
+    """200 train ids, label 0 on every 10th id (20 positives), label 1 on ids 0-4 only (5 positives): with
+    min_positives=8 every fraction holds >= 8 of label 0 and all 5 of label 1, 1% inside 10% inside 100%."""
+    from cxrbench.data.splits import draw_fractions
+
+    n = 200
+    y = np.zeros((n, 2))
+    y[::10, 0] = 1
+    y[:5, 1] = 1
+    ids = [f"i{k:03d}" for k in range(n)]
+    fr = draw_fractions(ids, (1, 10, 100), seed=3, strata=y, min_positives=8, name="toy")
+    index = {v: k for k, v in enumerate(ids)}
+    for pct in (1, 10):
+        rows = [index[i] for i in fr[pct]]
+        assert y[rows, 0].sum() >= 8 and y[rows, 1].sum() == 5, pct
+    assert len(fr[1]) <= 8 + 5 and set(fr[1]) <= set(fr[10]) <= set(fr[100]) and len(fr[100]) == n
+    # the plain 10% (20 ids) already holds some positives: the floor adds only what is missing
+    assert len(fr[10]) == max(20, len(fr[1]))

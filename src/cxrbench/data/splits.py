@@ -91,25 +91,22 @@ def _strata_matrix(strata: Sequence | np.ndarray, n: int) -> np.ndarray:
     return np.nan_to_num(arr.astype(float), nan=0.0) > 0.5
 
 
-def _stratified_order(perm: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, int]:
-    """Move, for each label with a positive, its first positive in ``perm`` order to the front (if not yet
-    covered).
+def _stratified_order(perm: np.ndarray, positives: np.ndarray, min_positives: int = 1) -> tuple[np.ndarray, int]:
+    """Move to the front, in ``perm`` order, enough rows that every label with positives has ``min_positives``
+    of them (or all it has): label by label, its first positives in ``perm`` order not yet chosen.
 
-    Returns the new order and the number of moved ("seed") rows: every prefix at least that long holds a
-    positive of
-    every label that has one.
-    """
-    seeds: list[int] = []
-    covered = np.zeros(positives.shape[1], dtype=bool)
+    Returns the new order and the number of moved ("seed") rows: every prefix at least that long holds
+    ``min(min_positives, positives of the label)`` positives of every label."""
+    chosen = np.zeros(len(perm), dtype=bool)  # indexed by row
     for k in range(positives.shape[1]):
-        if covered[k] or not positives[:, k].any():
+        have = int(positives[chosen, k].sum())
+        need = min(min_positives, int(positives[:, k].sum())) - have
+        if need <= 0:
             continue
-        first = perm[np.flatnonzero(positives[perm, k])[0]]
-        seeds.append(int(first))
-        covered |= positives[first]
-    seeds.sort(key=lambda i: int(np.flatnonzero(perm == i)[0]))
-    rest = perm[~np.isin(perm, seeds)]
-    return np.concatenate([np.array(seeds, dtype=perm.dtype), rest]), len(seeds)
+        candidates = perm[positives[perm, k] & ~chosen[perm]]
+        chosen[candidates[:need]] = True
+    front = perm[chosen[perm]]
+    return np.concatenate([front, perm[~chosen[perm]]]), len(front)
 
 
 def draw_fractions(
@@ -120,6 +117,7 @@ def draw_fractions(
     strata: Sequence | np.ndarray | None = None,
     stratify: bool = True,
     min_count: int = 1,
+    min_positives: int = 1,
     name: str = "",
 ) -> dict[int, list[str]]:
     """Nested training fractions {pct: ids} drawn from ``train_ids`` only (validation/test stay whole).
@@ -129,12 +127,12 @@ def draw_fractions(
     smaller fraction is always inside a larger one. Ids are returned in the order of ``train_ids``.
 
     ``strata`` (per train id: a class value (n,) or multilabel positives (n, K), NaN = 0):
-    - ``stratify=True``: for each label that has a positive in train, the first positive in the permutation
-      is moved to
-      the front, and each fraction holds at least those rows (so it can exceed p % by up to K - 1 ids):
-      every fraction
-      contains at least one positive of every label that has one. Nesting still holds (all fractions are
-      prefixes).
+    - ``stratify=True``: for each label that has a positive in train, its first ``min_positives`` positives in
+      the permutation are moved to the front, and each fraction holds at least those rows (so it can exceed p %):
+      every fraction contains ``min_positives`` positives of every label that has that many (all of a rarer
+      label's). Nesting still holds (all fractions are prefixes). The demo asks for 20 so that its 1% fractions
+      can be scored at all; at paper scale 1% of the real sets already holds that many (1 = the plain draw plus
+      one positive per label).
     - ``stratify=False``: plain draw, but a fraction missing a label present in train is an error.
     A fraction with fewer than ``min_count`` ids raises ``ValueError`` naming ``name`` and the fraction.
     """
@@ -146,7 +144,7 @@ def draw_fractions(
     positives = None if strata is None else _strata_matrix(strata, n)
     floor = 0
     if positives is not None and stratify:
-        perm, floor = _stratified_order(perm, positives)
+        perm, floor = _stratified_order(perm, positives, min_positives)
     out: dict[int, list[str]] = {}
     for pct in sorted(pcts):
         if not 0 < pct <= 100:
