@@ -82,8 +82,18 @@ def test_task_params_keep_task_overrides(params):
 
 @pytest.mark.parametrize("name", ["ci.yaml", "paper.yaml"])
 def test_bundled_parameter_sets_validate(root, params, name):
-    path = root / "workflow" / "params" / name
-    if not path.exists():
-        pytest.skip(f"{name} not bundled")
-    merged = config.merge(params, yaml.safe_load(path.read_text()))
-    config.validate_params(merged, source=name)
+    """As ``use-params`` applies them: a complete set replaces params.yaml, an overlay is merged over it."""
+    overlay = yaml.safe_load((root / "workflow" / "params" / name).read_text())
+    complete = set(config.schema()["required"]) <= set(overlay)
+    config.validate_params(overlay if complete else config.merge(params, overlay), source=name)
+
+
+def test_load_params_lists_every_problem(tmp_path, root):
+    text = (root / "params.yaml").read_text().replace("scale: demo", "scale: dem", 1)
+    text = text.replace("\nseed: 0", "\nseed: -1", 1)
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ParamsError) as info:
+        config.load_params(path)
+    assert info.value.lines == [f"{path}: key 'scale': 'dem' is not one of ['demo', 'paper', 'ci', 'custom']",
+                                f"{path}: key 'seed': -1 is less than the minimum of 0"]
