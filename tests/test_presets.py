@@ -131,6 +131,19 @@ SHARED = {
     "matrix": "the same methods, tasks and fractions at both scales",
     "report": "the same report settings at both scales",
     "resources": "compared per job: scheduler requests",
+    "pretrain.engine.precision": "auto at both scales",
+    "evaluate.engine.precision": "auto at both scales",
+    "evaluate.tasks.linear.engine.precision": "auto at both scales",
+    "pretrain.engine.weight_decay": "the demo gives every method G2D's 1e-8 (the G2D / ConVIRT recipes' value)",
+    "pretrain.engine.schedule": "linear warm-up + cosine, the G2D paper's and DINOv2's schedule",
+    "pretrain.methods.raddino.engine.weight_decay": "DINOv2's 0.04, restated in the demo over the shared engine's",
+    "pretrain.methods.raddino.engine.weight_decay_end": "DINOv2's 0.4, restated in the demo over the shared engine's",
+    "pretrain.methods.raddino.engine.clip_norm": "DINOv2's 3.0, restated in the demo over the shared engine's null",
+    "evaluate.engine.lr": "the MGCA protocol's 5e-4 (linear, detection), the demo's default too",
+    "evaluate.tasks.linear.engine.patience": "the MGCA protocol's early-stopping patience 10",
+    "evaluate.tasks.finetune.engine.lr": "the G2D paper's NIH fine-tuning lr 1e-4",
+    "evaluate.tasks.segmentation.engine.weight_decay": "the MGCA protocol's 0.05",
+    "evaluate.tasks.segmentation_ed.engine.weight_decay": "the MGCA protocol's 0.05",
 }
 
 

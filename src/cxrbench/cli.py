@@ -199,6 +199,17 @@ def cmd_use_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_tree(args: argparse.Namespace) -> int:
+    from cxrbench.treelock import TreeBusy, check_tree
+
+    try:
+        check_tree(Path.cwd())
+    except TreeBusy as err:
+        print(f"cxrbench: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_dvc_sync(args: argparse.Namespace) -> int:
     from cxrbench.dvcsync import sync
 
@@ -259,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p = add("use-params", cmd_use_params, "merge a parameter set (e.g. workflow/params/paper.yaml) into params.yaml")
     p.add_argument("file")
+    add("check-tree", cmd_check_tree, "fail (exit 3) when another Snakemake run holds this working tree (DVC stages "
+        "ask before they run)")
     add("dvc-sync", cmd_dvc_sync, "record in dvc.lock the phases Snakemake reports up to date (dvc commit)")
     return ap
 
