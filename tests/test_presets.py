@@ -73,12 +73,30 @@ def test_mflag_variants_differ_in_the_gram_divisor(params):
         {k: v for k, v in ref.items() if k not in ("orth_batch_size", "preset", "variant")}
 
 
-def test_named_entry_derives_from_a_registered_method(params):
+def test_named_entry_derives_from_an_entry_or_a_registered_method(params):
     p = with_section(params, "g2d_median", {"method": "g2d", "pseudo_mask": {"percentile": 50.0}})
     r = config.method_params(p, "g2d_median")
     assert (r["name"], r["method"], r["variant"]) == ("g2d_median", "g2d", "paper")
     assert r["pseudo_mask"]["percentile"] == 50.0 and r["pseudo_mask"]["body_mask"] is True
-    assert r["backbone"] == "resnet50"  # the recipe's, since the demo's g2d section is not inherited
+    assert r["backbone"] == "resnet18" and r["image_size"] == 64  # the demo's g2d entry, inherited
+    assert "pseudo_mask.percentile" in r["preset"]["overridden"]
+    # a chain: g2d_median_code derives from g2d_median, and switches the recipe
+    p = with_section(p, "g2d_median_code", {"method": "g2d_median", "variant": "code"})
+    r = config.method_params(p, "g2d_median_code")
+    assert (r["method"], r["variant"], r["pseudo_mask"]["percentile"]) == ("g2d", "code", 50.0)
+    assert r["pseudo_mask"]["inclusive"] is False and r["backbone"] == "resnet18"
+    # no entry of that name: the registered method's recipe alone
+    paper = yaml.safe_load(PAPER.read_text())
+    del paper["pretrain"]["methods"]["g2d"]
+    r = config.method_params(with_section(paper, "g2d_x", {"method": "g2d"}), "g2d_x")
+    assert r["backbone"] == "resnet50" and r["method"] == "g2d"
+
+
+def test_derivation_cycle_is_an_error(params):
+    p = with_section(params, "a", {"method": "b"})
+    p = with_section(p, "b", {"method": "a"})
+    with pytest.raises(config.ParamsError, match="cycle"):
+        config.method_params(p, "a")
 
 
 def test_unknown_variant_names_the_key_and_the_choices(params):

@@ -108,17 +108,34 @@ def _over_engine(params: Mapping[str, Any], stage: str, section: Mapping[str, An
     return resolved
 
 
+def entry_section(params: Mapping[str, Any], entry: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An entry's section with what it derives from: ``method: X`` where X is another entry of
+    ``pretrain.methods`` inherits that entry's section (so ``g2d_median: {method: g2d, ...}`` keeps the demo's g2d
+    sizes), recursively; the registered method's name stays in ``method``."""
+    sections = params["pretrain"]["methods"]
+    section = dict(sections[entry])
+    parent = section.get("method")
+    if parent is None or parent == entry or parent not in sections:
+        return section
+    if parent in seen:
+        raise ParamsError(f"key 'pretrain.methods.{entry}.method': entries derive from each other in a cycle "
+                          f"({' -> '.join((*seen, entry, parent))})")
+    inherited = entry_section(params, parent, (*seen, entry))
+    return merge(inherited, {**section, "method": inherited.get("method", parent)})
+
+
 def method_params(params: Mapping[str, Any], entry: str) -> dict[str, Any]:
     """Resolved parameters of one matrix method entry, every value the run will use.
 
     An entry is a section of ``pretrain.methods``; ``method:`` names the registered method it builds (default: the
-    entry's own name), so ``g2d_median: {method: g2d, pseudo_mask: {percentile: 50}}`` is G2D with one override.
+    entry's own name), or another entry it derives from (:func:`entry_section`), so ``g2d_median: {method: g2d,
+    pseudo_mask: {percentile: 50}}`` is the g2d entry with one override.
     Layers, lowest first (:mod:`cxrbench.presets`): the recipe of ``(method, variant)``, the shared
     ``pretrain.engine``, the entry's section. The result also names the entry (``name``), the registered ``method``,
     the ``variant`` and ``preset`` (the recipe's name and the keys whose values differ from it)."""
     from cxrbench import presets
 
-    section = params["pretrain"]["methods"][entry]
+    section = entry_section(params, entry)
     base = str(section.get("method", entry))
     variant = section.get("variant")
     try:
