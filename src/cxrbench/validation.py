@@ -189,6 +189,8 @@ def _method_problems(params: Mapping[str, Any], name: str, section: Mapping[str,
         schema = {k: v for k, v in schema.items() if k != "required"}
     written = schema_problems(section, schema, key, f"method {base}")
     written += [*_backbone_problems(section, key), *_text_depth_problems(section, key)]
+    if not _has_presets():
+        written += list(_shape_problems(section, base, key))
     yield from written
     seen = {p.key for p in written}
     yield from (p for p in _resolved_method_problems(params, name, base) if p.key not in seen)
@@ -262,6 +264,33 @@ def _resolved_method_problems(params: Mapping[str, Any], name: str, base: str) -
                                f"{key}.engine", what)
     yield from _backbone_problems(body, key)
     yield from _text_depth_problems(body, key)
+    yield from _shape_problems(body, base, key)
+
+
+def _leaf(tree: Mapping[str, Any], dotted: str) -> Any:
+    return _get(tree, *dotted.split("."))
+
+
+def input_multiple(backbone: Any) -> int:
+    """What the backbone's input sides must be multiples of (a ViT's patch size; 1 when anything goes)."""
+    if backbone not in registered("backbones"):
+        return 1
+    return int(load_schema("backbones", backbone).get("x-input-multiple", 1))
+
+
+def _shape_problems(section: Mapping[str, Any], base: str, key: str) -> Iterator[Problem]:
+    """Sizes the model's shapes need: encoder inputs a multiple of the patch, a dimension split over heads."""
+    schema = load_schema("methods", base)
+    multiple = input_multiple(section.get("backbone"))
+    for dotted in schema.get("x-input-sizes", []):
+        size = _leaf(section, dotted)
+        if isinstance(size, int) and size % multiple:
+            yield Problem(f"{key}.{dotted}", f"{size} is not a multiple of {multiple}, the patch size of backbone "
+                          f"{section['backbone']}")
+    for whole, part in schema.get("x-divisible", []):
+        a, b = _leaf(section, whole), _leaf(section, part)
+        if isinstance(a, int) and isinstance(b, int) and b > 0 and a % b:
+            yield Problem(f"{key}.{part}", f"{b} does not divide {whole} = {a}; expected a divisor of {a}")
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -324,6 +353,33 @@ def check_monitors(params: Mapping[str, Any]) -> Iterator[Problem]:
             if monitors and "monitor" in engine and engine["monitor"] not in monitors:
                 yield Problem(f"{where}.monitor", f"{engine['monitor']!r} is not a metric task {task} reports; "
                               f"expected one of {monitors}")
+
+
+def _method_backbone(params: Mapping[str, Any], name: str) -> Any:
+    section = _get(params, "pretrain", "methods", name, default={}) or {}
+    if _has_presets() and method_base(name, section) in registered("methods"):
+        from cxrbench import config
+
+        try:
+            return config.method_params(params, name).get("backbone")
+        except config.ParamsError:
+            return None  # reported by check_methods
+    return section.get("backbone")
+
+
+def check_task_inputs(params: Mapping[str, Any]) -> Iterator[Problem]:
+    """A task's own ``image_size`` is fed to every matrix method's encoder: a multiple of each one's patch."""
+    multiples = {m: input_multiple(_method_backbone(params, m)) for m in _get(params, "matrix", "methods", default=[])}
+    for task in _get(params, "matrix", "tasks", default=[]):
+        section = _get(params, "evaluate", "tasks", task, default={}) or {}
+        sizes = [(f"evaluate.tasks.{task}.image_size", section.get("image_size"))]
+        sizes += [(f"evaluate.tasks.{task}.by_dataset.{d}.image_size", (o or {}).get("image_size"))
+                  for d, o in (section.get("by_dataset") or {}).items()]
+        for key, size in sizes:
+            bad = sorted(m for m, k in multiples.items() if isinstance(size, int) and size % k)
+            if bad:
+                yield Problem(key, f"{size} is not a multiple of the patch size of the encoder of {bad} "
+                              f"({sorted({multiples[m] for m in bad})})")
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -485,4 +541,5 @@ def _task_places(params: Mapping[str, Any], task: str, dataset: str, fraction: i
     return places
 
 
-CHECKS = (check_methods, check_tasks, check_datasets, check_matrix, check_fractions, check_monitors, check_batches)
+CHECKS = (check_methods, check_tasks, check_task_inputs, check_datasets, check_matrix, check_fractions, check_monitors,
+          check_batches)
