@@ -104,3 +104,13 @@ def test_load_params_lists_every_problem(tmp_path, root):
         config.load_params(path)
     assert info.value.lines == [f"{path}: key 'scale': 'dem' is not one of ['demo', 'paper', 'ci', 'custom']",
                                 f"{path}: key 'seed': -1 is less than the minimum of 0"]
+
+
+def test_validate_params_rereads_files_strictly(tmp_path, root, params):
+    """What Snakemake's own reader let through (it keeps the last of two equal keys): validate_params(files=...)."""
+    path = tmp_path / "params.yaml"
+    path.write_text((root / "params.yaml").read_text() + "seed: 3\n")
+    line = len(path.read_text().splitlines())
+    with pytest.raises(config.ParamsError) as info:
+        config.validate_params(params, source="Snakemake config", files=[str(path)])
+    assert info.value.lines == [f"{path}:{line}:1: duplicate key 'seed' (first at line 6)"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,15 +33,22 @@ def _key(path: Any) -> str:
     return ".".join(str(p) for p in path) or "<root>"
 
 
-def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dict[str, Any]:
+def validate_params(params: Mapping[str, Any], *, source: str = "params", files: Sequence[str] = ()) -> dict[str, Any]:
     """Validate ``params`` (``cxrbench.validation``: the schema, each named section's own schema, the cross
     references); ALL problems are raised at once, one line each naming the key and what was expected
-    (``err.lines``)."""
-    from cxrbench import validation
+    (``err.lines``). ``files``: the YAML files ``params`` was read from by another reader (Snakemake's
+    ``workflow.configfiles``), re-read strictly so that a duplicate key is an error there too."""
+    from cxrbench import validation, yamlio
 
     if not isinstance(params, Mapping):
         raise ParamsError(f"{source}: expected a mapping of parameters, got {type(params).__name__}")
-    lines = [p.line(source) for p in validation.problems(params)]
+    lines = []
+    for file in files:
+        try:
+            yamlio.load_file(file)
+        except yamlio.YamlError as err:
+            lines.append(str(err))
+    lines += [p.line(source) for p in validation.problems(params)]
     if lines:
         head = f"invalid parameters ({len(lines)} problem{'s' * (len(lines) > 1)}):"
         err = ParamsError("\n  ".join([head, *lines]))
