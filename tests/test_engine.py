@@ -209,7 +209,7 @@ def test_early_stopping_restores_best(tmp_path):
         fit(Linear(), Regression(), cfg(monitor="auc"), tmp_path / "x", seed=0, val_fn=lambda m: {"loss": 1.0})
 
 
-def test_curves_csv_and_idempotent_rerun(tmp_path):
+def test_curves_csv_and_idempotent_rerun(tmp_path, caplog):
     m = Linear()
     res = fit(m, Regression(), cfg(batch_size=8, epochs=2, log_every=3), tmp_path, seed=0)
     with open(tmp_path / "curves.csv") as fh:
@@ -221,8 +221,14 @@ def test_curves_csv_and_idempotent_rerun(tmp_path):
     w = m.lin.weight.detach().clone()
     again = fit(m, Regression(), cfg(batch_size=8, epochs=2, log_every=3), tmp_path, seed=0)
     assert again.steps == 8 and again.history == res.history and torch.equal(m.lin.weight, w) and m.calls == 8
-    with pytest.raises(ValueError, match="cannot resume .*batch_size"):
-        fit(Linear(), Regression(), cfg(batch_size=4, epochs=2), tmp_path, seed=0)
+    # another batch size: the state is stale, so the rerun starts fresh and equals a run in an empty directory
+    other, fresh = Linear(), Linear()
+    with caplog.at_level("WARNING", logger="cxrbench.engine.loop"):
+        res4 = fit(other, Regression(), cfg(batch_size=4, epochs=2), tmp_path, seed=0)
+    assert "stale training state" in caplog.text and "engine.batch_size" in caplog.text
+    ref4 = fit(fresh, Regression(), cfg(batch_size=4, epochs=2), tmp_path / "fresh", seed=0)
+    assert res4.steps == 16 and res4.history == ref4.history and torch.equal(other.lin.weight, fresh.lin.weight)
+    assert (tmp_path / "curves.csv").read_text() == (tmp_path / "fresh" / "curves.csv").read_text()
 
 
 def test_hooks_and_param_groups(tmp_path):

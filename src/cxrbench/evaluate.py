@@ -64,6 +64,30 @@ def recorded_params(params: dict[str, Any], dataset: str, fraction: int) -> dict
     return {**params, "engine": {**dict(params.get("engine") or {}), **resolved_engine_params(engine)}}
 
 
+def run_fingerprint(task: str, dataset: str, fraction: int, seed: int, params: dict[str, Any], store: Any,
+                    pretrained: Any, full_model: Path | None) -> dict[str, Any]:
+    """The inputs of one run: task, dataset, fraction, seed, the task parameters as recorded (precision resolved;
+    the cache location left out), the code version, the content hash of the prepared store, the hash of the
+    encoder's weights and, for tasks that use the whole pretrained model, the hash of model.pt."""
+    from cxrbench.fingerprint import code_version, data_hash, file_hash, module_hash, normalise
+
+    recorded = {k: v for k, v in recorded_params(params, dataset, fraction).items() if k != "cache_dir"}
+    return normalise({"stage": "evaluate", "task": task, "dataset": dataset, "fraction": fraction, "seed": seed,
+                      "params": recorded, "code": code_version(), "data": data_hash(store),
+                      "encoder": module_hash(pretrained.backbone),
+                      "model": file_hash(full_model) if full_model is not None else None})
+
+
+def claim_run_state(out_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Key the run's resumable state (``out_dir/train``) by ``fingerprint``: state of other inputs (a killed run
+    of another lr, encoder or data) is removed before the task starts; config.json records the fingerprint."""
+    from cxrbench.fingerprint import claim_state_dir
+
+    claim_state_dir(Path(out_dir) / "train", fingerprint, what="training state of the run")
+    config = json.loads((Path(out_dir) / "config.json").read_text())
+    write_json_atomic(Path(out_dir) / "config.json", {**config, "fingerprint": fingerprint})
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
@@ -128,6 +152,8 @@ def run_evaluation(
             )
         pretrained = load_pretrained(Path(ckpt_dir), full=needs_full_model(task_obj))
         task_obj.check(pretrained)
+        claim_run_state(out_dir, run_fingerprint(task, dataset, int(fraction), int(seed), params, store, pretrained,
+                                                 Path(ckpt_dir) / "model.pt" if needs_full_model(task_obj) else None))
         metrics = task_obj.run(pretrained, store, int(fraction), int(seed), out_dir)
     except NotApplicable as err:
         status, reason = "not_applicable", str(err)

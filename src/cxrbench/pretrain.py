@@ -17,9 +17,17 @@ from typing import Any
 
 import torch
 
+from cxrbench.fingerprint import claim_state_dir
 from cxrbench.methods._base import Pretrained
 from cxrbench.methods._common import count_parameters
 from cxrbench.registry import METHODS
+
+
+def _umask_mode() -> int:
+    """0o666 less this process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -28,6 +36,7 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600: give the file the mode open() would (shared projects)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,14 +69,21 @@ def run_pretrain(
 
     The engine's resumable state (last.ckpt) lives in ``work_dir`` (default ``<out_dir>/train``), outside the
     versioned output when the workflow passes one, so a killed job resumes and the checkpoint directory stays small.
+    The state is keyed by :func:`pretrain_fingerprint` (``work_dir/fingerprint.json`` and inside last.ckpt): a
+    rerun with other parameters, data or code removes it and trains from scratch. The exported config.json and
+    encoder.pt record the same fingerprint.
 
     Text-less rows are dropped for every method (the pretraining corpus is the image-report pairs). Methods whose
     ``trains()`` is False (random, external) are exported without touching the data. Returns a summary dict
     (method, steps, first/last logged loss, parameter counts, paths)."""
+    from cxrbench.engine.precision import resolved_engine_params
+
     out_dir = Path(out_dir)
     params = {**method_params, "seed": int(seed)}
     m = METHODS.get(method)(params)
     summary: dict[str, Any] = {"method": method, "seed": int(seed), "steps": 0}
+    recorded = resolved_engine_params(dict(engine_params))  # precision: the resolved value + precision_requested
+    fp = pretrain_fingerprint(method, params, recorded, Path(data_dir) if m.trains() else None)
     if m.trains():
         from cxrbench.data.store import ImageDataset, PreparedDataset, collate
         from cxrbench.engine import EngineConfig, fit
@@ -79,9 +95,11 @@ def run_pretrain(
         module = m.build(corpus=texts if m.has_text else None)
         fields = ("image", "text") if m.has_text else ("image",)
         work = Path(work_dir) if work_dir is not None else out_dir / "train"
+        if int(os.environ.get("RANK", "0")) == 0:  # one process claims; the engine's identity check covers the rest
+            claim_state_dir(work, fp, what=f"pretraining state of {method!r}")
         result = fit(module, ImageDataset(store, rows, fields=fields), EngineConfig.from_dict(dict(engine_params)),
-                     work, seed=int(seed), collate_fn=collate)
-        if (work / "curves.csv").exists() and work != out_dir:
+                     work, seed=int(seed), collate_fn=collate, fingerprint=fp)
+        if (work / "curves.csv").exists() and work != out_dir and int(os.environ.get("RANK", "0")) == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / "curves.csv", out_dir / "curves.csv")
         losses = [h["loss"] for h in result.history if "loss" in h]
@@ -89,16 +107,33 @@ def run_pretrain(
                        last_loss=losses[-1] if losses else None)
     else:
         module = m.build()
-    from cxrbench.engine.precision import resolved_engine_params
-
-    recorded = resolved_engine_params(dict(engine_params))  # precision: the resolved value + precision_requested
-    summary["parameters"] = export(module, method, params, out_dir, engine_params=recorded)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the checkpoint files
+        summary["parameters"] = export(module, method, params, out_dir, engine_params=recorded, fingerprint=fp)
     return summary
 
 
+def pretrain_fingerprint(method: str, params: dict[str, Any], engine_params: dict[str, Any],
+                         data_dir: Path | None) -> dict[str, Any]:
+    """The inputs of a pretraining: method, its resolved parameters (seed included), the engine parameters that
+    affect training (precision resolved), the code version and, for a method that trains, the content hash of the
+    prepared corpus (``cxrbench.fingerprint.store_hash``)."""
+    from cxrbench.engine.loop import NON_SEMANTIC
+    from cxrbench.fingerprint import code_version, normalise, store_hash
+
+    engine = {k: v for k, v in engine_params.items() if k not in NON_SEMANTIC}
+    fp = {"stage": "pretrain", "method": method, "params": params, "engine": engine, "code": code_version()}
+    if data_dir is not None:
+        fp["data"] = store_hash(data_dir)
+    return normalise(fp)
+
+
 def export(module: Any, method: str, params: dict[str, Any], out_dir: Path, *,
-           engine_params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write encoder.pt, model.pt, config.json, params.json into ``out_dir``; returns the parameter counts."""
+           engine_params: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write encoder.pt, model.pt, config.json, params.json into ``out_dir``; returns the parameter counts.
+    ``fingerprint`` (the pretraining's inputs) is recorded in encoder.pt and config.json, beside the hash of the
+    exported encoder weights (``encoder_hash``, what downstream runs key their state and caches by)."""
+    from cxrbench.fingerprint import module_hash
+
     out_dir = Path(out_dir)
     module = module.cpu().eval()
     backbone = module.export_backbone()
@@ -107,10 +142,11 @@ def export(module: Any, method: str, params: dict[str, Any], out_dir: Path, *,
     normalize = getattr(module, "normalize", None) or module.input.normalize
     _atomic_torch({"method": method, "backbone": {"name": cfg.pop("name"), "kwargs": cfg},
                    "state_dict": backbone.state_dict(), "image_size": image_size,
-                   "normalize": {k: float(v) for k, v in normalize.items()}}, out_dir / "encoder.pt")
+                   "normalize": {k: float(v) for k, v in normalize.items()}, "fingerprint": fingerprint or {}},
+                  out_dir / "encoder.pt")
     _atomic_torch({"method": method, "params": params, "state_dict": module.state_dict()}, out_dir / "model.pt")
-    _atomic_json({"method": method, "method_params": params, "engine_params": engine_params or {}},
-                 out_dir / "config.json")
+    _atomic_json({"method": method, "method_params": params, "engine_params": engine_params or {},
+                  "fingerprint": fingerprint or {}, "encoder_hash": module_hash(backbone)}, out_dir / "config.json")
     counts = {"method": method, "model": count_parameters(module), "encoder": count_parameters(backbone)}
     _atomic_json(counts, out_dir / "params.json")
     return counts

@@ -5,7 +5,12 @@ the last one only), optional ``module.on_after_backward(step, total)``, gradient
 a non-finite loss or norm on any rank stops the run with :class:`FloatingPointError` before the optimiser touches
 the weights, then the optimiser step with the scheduled lr / weight decay and ``module.on_step_end(step, total)``.
 ``out_dir/last.ckpt`` is written every ``ckpt_every`` steps, at every epoch end and at the end; a rerun resumes
-from it exactly (model, optimiser, step, position in the epoch, RNG states, history, early-stopping state).
+from it exactly (model, optimiser, step, position in the epoch, the global RNG states and the state of every
+``torch.Generator`` held as an attribute by the module, its submodules or the dataset, history, early-stopping
+state). Every checkpoint records the run's identity - the engine parameters that affect the result (precision and
+device resolved), the seed, the dataset size and the caller's ``fingerprint`` of its inputs - and a rerun whose
+identity differs never resumes: the stale last.ckpt, best.ckpt and curves.csv are removed (with a warning naming
+what changed) and training starts fresh.
 A module or any of its submodules may name state-dict prefixes that never change during the fit
 (``checkpoint_exclude()``, e.g. the frozen encoder of a downstream head): they are left out of ``last.ckpt`` and
 ``best.ckpt``, and loading checks that nothing else is missing.
@@ -14,9 +19,11 @@ A module or any of its submodules may name state-dict prefixes that never change
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,20 +36,36 @@ from cxrbench.engine import dist as D
 from cxrbench.engine.config import EngineConfig, FitResult, lr_at, wd_at
 from cxrbench.engine.data import ResumableBatchSampler, make_loader, to_device
 from cxrbench.engine.precision import resolve_precision
-from cxrbench.engine.state import atomic_torch_save, capture_rng, load_checkpoint, restore_rng, write_curves
+from cxrbench.engine.state import (
+    atomic_torch_save,
+    capture_rng,
+    find_generators,
+    load_checkpoint,
+    restore_rng,
+    write_curves,
+)
+from cxrbench.fingerprint import changed_keys, normalise
+
+log = logging.getLogger(__name__)
+#: engine parameters that never change what a fit computes (a changed value still resumes)
+NON_SEMANTIC = ("progress", "ckpt_every", "num_workers")
 
 
 def fit(module: nn.Module, train_set: Any, cfg: EngineConfig, out_dir: str | Path, *, seed: int,
-        collate_fn: Any = None, val_fn: Any = None, resume: bool = True) -> FitResult:
+        collate_fn: Any = None, val_fn: Any = None, resume: bool = True,
+        fingerprint: Mapping[str, Any] | None = None) -> FitResult:
     """Train ``module`` (``module(batch) -> {"loss": scalar, **parts}``) on ``train_set`` and return the history.
 
     ``val_fn(module) -> {metric: float}`` runs at each epoch end on rank 0 (eval mode, no grad); with it,
     ``cfg.monitor`` / ``cfg.mode`` pick the best epoch (saved to ``out_dir/best.ckpt`` and loaded back at the
     end) and ``cfg.patience`` stops early. Under torchrun (RANK / WORLD_SIZE set) the module is wrapped in
-    DistributedDataParallel and only rank 0 writes."""
+    DistributedDataParallel and only rank 0 writes. ``fingerprint``: the caller's record of the inputs (parameters,
+    data and code hashes), part of the identity a checkpoint must match to be resumed."""
     info, device = D.init_distributed(cfg.device)
     try:
-        return _Trainer(module, train_set, cfg, Path(out_dir), seed, collate_fn, val_fn, info, device).run(resume)
+        trainer = _Trainer(module, train_set, cfg, Path(out_dir), seed, collate_fn, val_fn, info, device)
+        trainer.identity = trainer.make_identity(fingerprint)
+        return trainer.run(resume)
     finally:
         D.cleanup(info)
 
@@ -72,6 +95,8 @@ class _Trainer:
                 self.raw, device_ids=[device] if device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters)
         self.last, self.best_path = out / "last.ckpt", out / "best.ckpt"
+        self.identity: dict[str, Any] = {}
+        self._gens: dict[str, torch.Generator] | None = None
         self.s: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "acc": {},
                                   "acc_n": 0, "best_metric": None, "bad_epochs": 0, "done": False, "saved_step": 0}
 
@@ -101,13 +126,27 @@ class _Trainer:
                 g["weight_decay"] = wd_at(step, self.total, self.cfg)
 
     # ------------------------------------------------------------------------------------------------ state
+    def make_identity(self, fingerprint: Mapping[str, Any] | None) -> dict[str, Any]:
+        """What a checkpoint must record to be resumed by this fit (JSON-normalised)."""
+        engine = {k: v for k, v in asdict(self.cfg).items() if k not in NON_SEMANTIC}
+        engine.update(precision=self.precision, device=self.device.type)
+        return normalise({"engine": engine, "seed": self.seed, "n_items": self.sampler.n,
+                          "drop_last": self.cfg.drop_last, "inputs": dict(fingerprint or {})})
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        """The generators whose states the checkpoint holds (found once: the objects never change in a fit)."""
+        if self._gens is None:
+            self._gens = find_generators({"module": self.raw, "dataset": self.train_set})
+        return self._gens
+
     def _save(self, path: Path) -> None:
-        rngs = D.gather(capture_rng(), self.info)  # every rank takes part; rank 0 writes
+        mine = {**capture_rng(), "generators": {k: g.get_state() for k, g in self._generators().items()}}
+        rngs = D.gather(mine, self.info)  # every rank takes part; rank 0 writes
         if not self.info.is_main:
             return
         ckpt = {**self.s, "model": self._model_state(), "optimizer": self.optimizer.state_dict(), "rng": rngs,
                 "seed": self.seed, "n_items": self.sampler.n, "world_size": self.info.world_size,
-                "total_steps": self.total, "config": asdict(self.cfg)}
+                "total_steps": self.total, "config": asdict(self.cfg), "fingerprint": self.identity}
         ckpt["saved_step"] = self.s["step"]
         atomic_torch_save(ckpt, path)
         self.s["saved_step"] = self.s["step"]
@@ -138,21 +177,37 @@ class _Trainer:
             raise RuntimeError(f"{path}: model state does not match the module (missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]})")
 
-    def _load(self, path: Path) -> None:
-        ck = load_checkpoint(path)
-        now = {"batch_size": self.cfg.batch_size, "grad_accum": self.cfg.grad_accum, "n_items": self.sampler.n,
-               "drop_last": self.cfg.drop_last, "seed": self.seed}
-        then = {**{k: ck["config"][k] for k in ("batch_size", "grad_accum", "drop_last")},
-                "n_items": ck["n_items"], "seed": ck["seed"]}
-        if now != then:
-            raise ValueError(f"cannot resume from {path}: it was written with {then}, this run has {now}. "
-                             "Use resume=False (or delete the checkpoint) to start again.")
-        self._load_model_state(ck["model"], path)
+    def _resumable(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None (start fresh). A checkpoint of another identity is stale."""
+        if not (resume and self.last.is_file()):
+            return None
+        ck = load_checkpoint(self.last)
+        if ck.get("fingerprint") == self.identity:
+            return ck
+        why = ("it records no fingerprint" if "fingerprint" not in ck
+               else "changed: " + ", ".join(changed_keys(ck["fingerprint"], self.identity)))
+        if self.info.is_main:
+            log.warning("%s: stale training state, starting fresh (%s)", self.last, why)
+        return None
+
+    def _clear_stale(self) -> None:
+        """Starting fresh: remove what an earlier fit left here (nothing may pass for this run's output)."""
+        if self.info.is_main:
+            for path in (self.last, self.best_path, self.out / "curves.csv"):
+                path.unlink(missing_ok=True)
+        D.barrier(self.info)
+
+    def _load(self, ck: dict[str, Any]) -> None:
+        self._load_model_state(ck["model"], self.last)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.s = {k: ck[k] for k in self.s}
         rngs = ck["rng"]
         if len(rngs) == self.info.world_size:
             restore_rng(rngs[self.info.rank])
+            gens = self._generators()
+            for key, state in rngs[self.info.rank].get("generators", {}).items():
+                if key in gens:
+                    gens[key].set_state(state)
         else:  # a different number of processes: data order stays exact, dropout streams are reseeded
             self._seed_global(self.seed + 7919 * self.s["step"])
 
@@ -166,9 +221,12 @@ class _Trainer:
     def run(self, resume: bool) -> FitResult:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.last.is_file():
-            self._load(self.last)
+        ck = self._resumable(resume)
+        D.barrier(self.info)  # every rank has decided before rank 0 removes anything
+        if ck is not None:
+            self._load(ck)
         else:
+            self._clear_stale()
             self._seed_global(self.seed)
         if not self.s["done"]:
             self._train()
@@ -293,8 +351,8 @@ class _Trainer:
             self.s["best_metric"], self.s["bad_epochs"] = value, 0
             if self.info.is_main:
                 atomic_torch_save({"model": self._model_state(), "step": self.s["step"],
-                                   "epoch": epoch, "monitor": self.cfg.monitor, "metric": value},
-                                  self.best_path)
+                                   "epoch": epoch, "monitor": self.cfg.monitor, "metric": value,
+                                   "fingerprint": self.identity}, self.best_path)
             return False
         self.s["bad_epochs"] += 1
         return self.cfg.patience is not None and self.s["bad_epochs"] >= self.cfg.patience

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import random
+import types
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,32 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def find_generators(roots: dict[str, Any]) -> dict[str, torch.Generator]:
+    """Every ``torch.Generator`` held as an attribute by the roots, by a name that is stable across processes:
+    ``<root>.<submodule path>.<attr>`` for modules (each submodule scanned), ``<root>.<attr>`` for other objects,
+    plus one level into plain attribute objects (an augmenter owning its generator: ``<...>.<attr>.<attr2>``)."""
+    out: dict[str, torch.Generator] = {}
+    for root, obj in roots.items():
+        named = obj.named_modules() if isinstance(obj, torch.nn.Module) else [("", obj)]
+        for name, part in named:
+            _scan(f"{root}.{name}" if name else root, part, out, depth=1)
+    return out
+
+
+def _scan(prefix: str, obj: Any, out: dict[str, torch.Generator], depth: int) -> None:
+    for attr, value in getattr(obj, "__dict__", {}).items():
+        if isinstance(value, torch.Generator):
+            out[f"{prefix}.{attr}"] = value
+        elif depth > 0 and _plain_object(value):
+            _scan(f"{prefix}.{attr}", value, out, depth - 1)
+
+
+def _plain_object(value: Any) -> bool:
+    """An instance of a user class with attributes (not a module, tensor, class, function or Python module)."""
+    skip = (torch.nn.Module, torch.Tensor, type, types.ModuleType, types.FunctionType, types.MethodType)
+    return hasattr(value, "__dict__") and not isinstance(value, skip)
 
 
 def restore_rng(state: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.models.necks import neck_for
+
+log = logging.getLogger(__name__)
+STALE_WITH = ("data", "code")  # cache-key entries whose change makes the older entry of a slot stale
 
 # ------------------------------------------------------------------------------------------------ parameters
 
@@ -243,14 +247,11 @@ def label_names(store: Any) -> list[str]:
 
 
 def encoder_fingerprint(backbone: nn.Module) -> str:
-    """sha256 (16 hex) of the backbone's class, config and every state-dict tensor: the checkpoint's identity."""
-    h = hashlib.sha256(type(backbone).__qualname__.encode())
-    h.update(json.dumps(getattr(backbone, "config", {}), sort_keys=True, default=str).encode())
-    for name, t in sorted(backbone.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """sha256 (16 hex) of the backbone's class, config and every state-dict tensor: the encoder's identity
+    (``cxrbench.fingerprint.module_hash``)."""
+    from cxrbench.fingerprint import module_hash
+
+    return module_hash(backbone)
 
 
 @torch.no_grad()
@@ -278,11 +279,15 @@ def extract_features(
 
 
 class FeatureCache:
-    """Frozen pooled features on disk, one file per (encoder hash, dataset, split, image size, transform).
+    """Frozen pooled features on disk, one file per key (:func:`cache_key`: encoder hash, store content hash, code
+    version, dataset, split, view).
 
     ``get(key, compute)`` returns ``{"rows": (n,) int64, "features": (n, D) float32}``; on a miss it calls
-    ``compute()`` (which returns the same dict) and writes it atomically (tmp file + os.replace). ``root=None``
-    keeps entries in memory only. ``hits`` / ``misses`` count lookups."""
+    ``compute()`` (which returns the same dict) and writes it atomically (tmp file + os.replace). An entry is read
+    only when its stored key equals the key asked for. File name ``<dataset>-<split>-<slot>-<id>.pt``: ``slot``
+    hashes the key without the data and code hashes, so when an entry is written, the entries of the same slot
+    (same encoder and view, older data or code) are stale and removed. ``root=None`` keeps entries in memory only.
+    ``hits`` / ``misses`` count lookups."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root is not None else None
@@ -290,9 +295,20 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def name(key: Mapping[str, Any]) -> str:
-        digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True, default=str).encode()).hexdigest()[:20]
-        return f"{key.get('dataset', 'data')}-{key.get('split', 'split')}-{digest}.pt"
+    def slot(key: Mapping[str, Any]) -> str:
+        head = f"{key.get('dataset', 'data')}-{key.get('split', 'split')}"
+        return f"{head}-{_digest({k: v for k, v in key.items() if k not in STALE_WITH}, 12)}"
+
+    @classmethod
+    def name(cls, key: Mapping[str, Any]) -> str:
+        return f"{cls.slot(key)}-{_digest(dict(key), 12)}.pt"
+
+    def _prune(self, key: Mapping[str, Any], keep: Path) -> None:
+        """Remove the entries of ``key``'s slot other than ``keep``: same encoder and view, other data or code."""
+        for old in keep.parent.glob(f"{self.slot(key)}-*.pt"):
+            if old != keep:
+                log.warning("%s: stale feature cache entry (the data or the code changed) removed", old)
+                old.unlink(missing_ok=True)
 
     def get(self, key: Mapping[str, Any], compute: Any) -> dict[str, torch.Tensor]:
         name = self.name(key)
@@ -313,24 +329,32 @@ class FeatureCache:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             torch.save(entry, tmp)
             os.replace(tmp, path)
+            self._prune(key, path)
         self.memory[name] = entry
         return entry
 
 
 def cache_key(fingerprint: str, store: Any, split: str, **view: Any) -> dict[str, Any]:
-    """The identity of a cache entry: the encoder, the prepared store (its metadata, rows and size), the split
-    and whatever defines the view (image size, transform, normalisation, pyramid levels)."""
+    """The identity of a cache entry: the encoder (``fingerprint``, its weights' hash), the content of the prepared
+    store (``cxrbench.fingerprint.data_hash``: image and mask bytes, label / split / fraction columns), the code
+    version of the package, the split and whatever defines the view (image size, transform, normalisation,
+    pyramid levels)."""
+    from cxrbench.fingerprint import code_version, data_hash
+
     return {
         "encoder": fingerprint,
         "dataset": str(store.name),
         "split": split,
-        "store": hashlib.sha256(
-            json.dumps(getattr(store, "meta", {}), sort_keys=True, default=str).encode()
-        ).hexdigest()[:16],
+        "data": data_hash(store),
+        "code": code_version(),
         "n_rows": int(len(store.images)),
         "store_size": int(store.size),
         **view,
     }
+
+
+def _digest(obj: Any, n: int) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def row_index(entry: Mapping[str, torch.Tensor], rows: np.ndarray) -> torch.Tensor:
