@@ -8,7 +8,6 @@ each loader round), so the comparison holds on any machine, even a loaded one.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

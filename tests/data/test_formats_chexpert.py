@@ -79,16 +79,20 @@ def test_5x200_and_reference_split(tmp_path):
     assert five_x200(idx, 1).sum() == 5
 
 
-def test_bad_value_and_skip(tmp_path):
-    rows = [_row("train", 1, 1, "Frontal", {}), _row("train", 2, 1, "Frontal", {"Fracture": "2.0"})]
+def test_bad_value_is_recorded_and_the_row_kept(tmp_path, kinds, only):
+    rows = [_row("train", 1, 1, "Frontal", {}), _row("train", 2, 1, "Frontal", {"Fracture": "2.0"}),
+            _row("train", 3, 1, "Sideways", {})]
     _write(tmp_path, rows, [])
-    with pytest.raises(DataFormatError, match=r"train.csv: line 3: column 'Fracture': value '2.0'"):
-        DATASETS.get("chexpert")().read(tmp_path, {})
-    res = DATASETS.get("chexpert")().read(tmp_path, {"skip_bad": True})
-    assert len(res.index) == 1 and res.skipped[0]["line"] == 3
+    res = DATASETS.get("chexpert")().read(tmp_path, {})
+    assert kinds(res) == {"bad_label": 1, "bad_value": 1}
+    p = only(res, "bad_label")
+    assert (p.table, p.line, p.column) == (f"{TOP}/train.csv", 3, "Fracture") and "'2.0'" in p.detail
+    assert p.image == f"{TOP}/train/patient00002/study1/view1_frontal.jpg"
+    assert only(res, "bad_value").line == 4 and "Frontal or Lateral" in only(res, "bad_value").detail
+    assert len(res.index) == 3  # bad rows stay in the index (the split is computed over the table as published)
 
 
-def test_missing_column_duplicate_missing_file(tmp_path):
+def test_missing_column_duplicate_missing_file(tmp_path, only):
     d = tmp_path / TOP
     d.mkdir()
     (d / "train.csv").write_text("Path,Sex\nx,y\n")
@@ -97,7 +101,8 @@ def test_missing_column_duplicate_missing_file(tmp_path):
         DATASETS.get("chexpert")().read(tmp_path, {})
     r = _row("train", 1, 1, "Frontal", {})
     _write(tmp_path, [r, r], [])
-    with pytest.raises(DataFormatError, match="duplicated Path.*patient00001"):
-        DATASETS.get("chexpert")().read(tmp_path, {})
+    res = DATASETS.get("chexpert")().read(tmp_path, {})
+    p = only(res, "duplicate_id")
+    assert p.line == 3 and "line 2" in p.detail and len(res.index) == 1
     with pytest.raises(FileNotFoundError, match="valid.csv.*CheXpert-v1.0-small"):
         DATASETS.get("chexpert")().read(tmp_path / "empty", {})

@@ -1,8 +1,8 @@
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from cxrbench.data.formats._base import DataFormatError
 from cxrbench.registry import DATASETS
 
 CLASSES = ("normal", "pneumonia", "COVID-19")
@@ -45,21 +45,24 @@ def test_reference_split_exact_membership(tmp_path):
     assert (split == "test").sum() == 7 and set(idx["image_id"][split == "test"]) == {f"t{i:03d}.png" for i in range(7)}
 
 
-def test_bad_field_count_and_class(tmp_path):
-    _write(tmp_path, ["P1 a.png normal s", "P2 b.png pneumonia"], ["P3 c.png normal s"])
-    with pytest.raises(DataFormatError, match=r"train_COVIDx9A.txt: line 2: expected 4"):
-        DATASETS.get("covidx")().read(tmp_path, {})
-    _write(tmp_path, ["P1 a.png normal s", "P2 b.png flu s"], ["P3 c.png normal s"])
-    with pytest.raises(DataFormatError, match=r"line 2: class 'flu'"):
-        DATASETS.get("covidx")().read(tmp_path, {})
-    res = DATASETS.get("covidx")().read(tmp_path, {"skip_bad": True})
-    assert list(res.index["image_id"]) == ["a.png", "c.png"] and res.skipped[0]["id"] == "b.png"
+def test_bad_field_count_and_class(tmp_path, kinds, only):
+    _write(tmp_path, ["P1 a.png normal s", "P2 b.png pneumonia", "P4 d.png flu s"], ["P3 c.png normal s"])
+    res = DATASETS.get("covidx")().read(tmp_path, {})
+    assert kinds(res) == {"malformed_line": 1, "bad_label": 1}
+    p = only(res, "malformed_line")
+    assert (p.table, p.line) == ("train_COVIDx9A.txt", 2) and "expected 4" in p.detail
+    q = only(res, "bad_label")
+    assert (q.line, q.image) == (3, "d.png") and "'flu'" in q.detail
+    # the malformed line stays as a placeholder row: its position counts in the reference split
+    assert list(res.index["image_id"]) == ["a.png", p.image, "d.png", "c.png"] and pd.isna(res.index["path"][1])
 
 
-def test_duplicate_filename(tmp_path):
+def test_duplicate_filename(tmp_path, only):
     _write(tmp_path, ["P1 a.png normal s", "P2 a.png normal s"], ["P3 c.png normal s"])
-    with pytest.raises(DataFormatError, match="duplicated filename.*a.png"):
-        DATASETS.get("covidx")().read(tmp_path, {})
+    res = DATASETS.get("covidx")().read(tmp_path, {})
+    p = only(res, "duplicate_id")
+    assert (p.table, p.line, p.image) == ("train_COVIDx9A.txt", 2, "a.png")
+    assert list(res.index["image_id"]) == ["a.png", "c.png"]
 
 
 def test_missing_file(tmp_path):

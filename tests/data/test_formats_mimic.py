@@ -1,5 +1,6 @@
 import gzip
 
+import pandas as pd
 import pytest
 
 from cxrbench.data.formats._base import DataFormatError
@@ -55,17 +56,20 @@ def _write(tmp_path, gz=False, chexpert_rows=None):
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_frontal_text_labels(tmp_path, gz):
+def test_frontal_text_labels(tmp_path, gz, kinds, only):
     res = DATASETS.get("mimic")().read(_write(tmp_path, gz=gz), {})
     idx = res.index.set_index("image_id")
-    assert list(idx.index) == ["d1", "d5", "d6"]
+    assert list(idx.index) == ["d1", "d5", "d6", "d7"]  # d7's report is missing: kept, flagged (a problem)
+    p = only(res, "report_missing")
+    assert p.group == ("study_id", "50000005") and p.path == "files/p13/p13000003/s50000005.txt"
+    assert kinds(res) == {"report_missing": 1} and pd.isna(idx.loc["d7", "text"])
     assert idx.loc["d1", "text"] == "Normal. Lungs clear."
     assert idx.loc["d1", "path"] == "files/p10/p10000032/s50000001/d1.jpg"
     assert idx.loc["d1", "patient"] == "10000032" and idx.loc["d5", "official_split"] == "test"
     assert idx.loc["d1", "Atelectasis"] == 1.0 and idx.loc["d1", "Pneumothorax"] == 0.0
     assert idx.loc["d1", ["Cardiomegaly", "Consolidation"]].isna().all()  # uncertain and blank -> NaN
     c = res.counts
-    assert c["non_frontal_dropped"] == 1 and c["studies_missing_report"] == 1
+    assert c["protocol_non_frontal"] == 1 and c["protocol_no_findings_impression"] == 2
     assert c["studies_without_findings_impression"] == 2 and c["pairs"] == 3
 
 
@@ -73,7 +77,7 @@ def test_uncertain_option_and_reference_split(tmp_path):
     fmt = DATASETS.get("mimic")()
     idx = fmt.read(_write(tmp_path), {"uncertain": "ones"}).index
     assert (idx["Cardiomegaly"] == 1.0).all()
-    assert list(fmt.reference_split(idx, {})) == ["train", "valid", "train"]
+    assert list(fmt.reference_split(idx, {})) == ["train", "valid", "train", "train"]
 
 
 def test_exclude_ms_cxr_images_and_patients(tmp_path):
@@ -84,20 +88,30 @@ def test_exclude_ms_cxr_images_and_patients(tmp_path):
         "d6,Edema,edema,files/p12/p12000002/s50000004/d6.jpg,1,1,5,5,100,100,test\n"
     )
     res = DATASETS.get("mimic")().read(root, {"exclude_csv": str(ex)})
-    assert list(res.index["image_id"]) == ["d1"]
-    assert res.counts["excluded_ms_cxr_images"] == 1 and res.counts["excluded_ms_cxr_patient_images"] == 1
+    assert list(res.index["image_id"]) == ["d1", "d7"]
+    assert res.counts["protocol_ms_cxr_exclusion"] == 2 and res.counts["excluded_ms_cxr_images"] == 1
+    assert res.counts["excluded_ms_cxr_patient_images"] == 1
 
 
-def test_bad_label_missing_column_missing_file(tmp_path):
+def test_bad_label_missing_column_missing_file(tmp_path, only):
     rows = ["10000032,50000001," + ",".join(["3.0"] + ["0.0"] * 13)]
     _write(tmp_path, chexpert_rows=rows)
-    with pytest.raises(DataFormatError, match=r"chexpert.csv: line 2: column 'Atelectasis': value '3.0'"):
-        DATASETS.get("mimic")().read(tmp_path, {})
-    res = DATASETS.get("mimic")().read(tmp_path, {"skip_bad": True})
-    assert res.skipped[0]["id"] == "50000001" and res.index["Atelectasis"].isna().all()
+    res = DATASETS.get("mimic")().read(tmp_path, {})
+    p = only(res, "bad_label")
+    assert (p.table, p.line, p.column, p.group) == ("mimic-cxr-2.0.0-chexpert.csv", 2, "Atelectasis",
+                                                      ("study_id", "50000001"))
+    assert "'3.0'" in p.detail and res.index["Atelectasis"].isna().all()
     (tmp_path / "mimic-cxr-2.0.0-split.csv").write_text("dicom_id,study_id\nd1,1\n")
     with pytest.raises(DataFormatError, match=r"split.csv.*'split'"):
         DATASETS.get("mimic")().read(tmp_path, {})
     (tmp_path / "mimic-cxr-2.0.0-metadata.csv").unlink()
     with pytest.raises(FileNotFoundError, match="metadata.csv.*PhysioNet"):
         DATASETS.get("mimic")().read(tmp_path, {})
+
+
+def test_empty_and_binary_reports_are_problems(tmp_path, kinds):
+    root = _write(tmp_path)
+    (root / "files/p10/p10000032/s50000001.txt").write_text("")
+    (root / "files/p12/p12000002/s50000004.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    res = DATASETS.get("mimic")().read(root, {})
+    assert kinds(res) == {"report_missing": 1, "report_empty": 1, "report_unreadable": 1}

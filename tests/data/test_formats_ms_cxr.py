@@ -33,18 +33,19 @@ def test_phrases_boxes_categories(tmp_path):
     assert idx.iloc[0]["path"] == str(mimic.resolve() / P1)
     assert [idx.iloc[1][c] for c in CATEGORIES] == [float(c == "Edema") for c in CATEGORIES]
     assert list(fmt.reference_split(idx, {})) == ["train", "train", "valid"]
-    assert res.counts == {"rows": 4, "images": 2, "phrases": 3, "boxes": 4, "skipped": 0}
+    assert res.counts == {"rows": 4, "images": 2, "phrases": 3, "boxes": 4} and res.problems == []
     other = tmp_path / "elsewhere"
     other.mkdir()
     assert fmt.read(raw, {"images_root": str(other)}).index.iloc[0]["path"] == str(other / P1)
 
 
-def test_bad_rows(tmp_path):
+def test_bad_rows(tmp_path, kinds):
     raw, _ = _write(tmp_path, [f"d1,Flu,x,{P1},1,1,1,1,1,1,train", f"d1,Edema,x,{P1},1,1,0,1,1,1,train"])
-    with pytest.raises(DataFormatError, match=r"line 2: column 'category_name': 'Flu'"):
-        DATASETS.get("ms_cxr")().read(raw, {})
-    res = DATASETS.get("ms_cxr")().read(raw, {"skip_bad": True})
-    assert len(res.index) == 0 and [s["line"] for s in res.skipped] == [2, 3]
+    res = DATASETS.get("ms_cxr")().read(raw, {})
+    assert kinds(res) == {"bad_label": 1, "bad_box": 1}
+    first = res.problems[0]
+    assert (first.table, first.line, first.column, first.group) == (CSV, 2, "category_name", ("dicom_id", "d1"))
+    assert "'Flu'" in first.detail and res.problems[1].line == 3
 
 
 def test_missing_column_and_images_root(tmp_path):

@@ -84,20 +84,20 @@ def test_reference_split_patient_disjoint_90_10(tmp_path):
     assert split.equals(fmt.reference_split(idx, {"split_seed": 1}))
 
 
-def test_unknown_label_and_skip(tmp_path):
+def test_unknown_label_is_recorded(tmp_path, only):
     rows = ["a.png,Cardiomegaly,0,1,1,M,PA,1,1,1,1", "b.png,Flu|Mass,0,2,1,M,PA,1,1,1,1"]
     root, _ = _write(tmp_path, entry_rows=rows, bbox_rows=[])
-    with pytest.raises(DataFormatError, match=r"Data_Entry_2017.csv: line 3: column 'Finding Labels'.*Flu"):
-        DATASETS.get("nih")().read(root, {})
-    res = DATASETS.get("nih")().read(root, {"skip_bad": True})
-    assert list(res.index["image_id"]) == ["a.png"] and res.skipped[0]["id"] == "b.png"
+    res = DATASETS.get("nih")().read(root, {})
+    p = only(res, "bad_label")
+    assert (p.table, p.line, p.column, p.image) == ("Data_Entry_2017.csv", 3, "Finding Labels", "b.png")
+    assert "Flu" in p.detail and list(res.index["image_id"]) == ["a.png", "b.png"]
 
 
-def test_duplicates_missing_column_missing_file(tmp_path):
+def test_duplicates_missing_column_missing_file(tmp_path, only):
     rows = ["a.png,Mass,0,1,1,M,PA,1,1,1,1", "a.png,Mass,1,1,1,M,PA,1,1,1,1"]
     root, _ = _write(tmp_path, entry_rows=rows, bbox_rows=[])
-    with pytest.raises(DataFormatError, match="duplicated image id.*a.png"):
-        DATASETS.get("nih")().read(root, {})
+    res = DATASETS.get("nih")().read(root, {})
+    assert only(res, "duplicate_id").line == 3 and list(res.index["image_id"]) == ["a.png"]
     (root / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels\na.png,Mass\n")
     with pytest.raises(DataFormatError, match=r"Data_Entry_2017.csv.*'Patient ID'"):
         DATASETS.get("nih")().read(root, {})

@@ -33,8 +33,11 @@ def test_parse_rect_ellipse_polygon():
 )
 def test_bad_annotation_names_file_and_row(tmp_path, ann, word):
     _write(tmp_path, ["00001.jpg,", f'00002.jpg,"{ann}"'], ["08001.jpg,"])
-    with pytest.raises(DataFormatError, match=rf"train.csv: line 3: image '00002.jpg'.*{word}"):
-        DATASETS.get("object_cxr")().read(tmp_path, {})
+    res = DATASETS.get("object_cxr")().read(tmp_path, {})
+    (p,) = res.problems
+    assert (p.kind, p.table, p.line, p.column, p.image) == ("malformed_annotation", "train.csv", 3, "annotation",
+                                                            "00002.jpg")
+    assert word in p.detail
 
 
 def test_read_and_reference_split(tmp_path):
@@ -55,10 +58,11 @@ def test_read_and_reference_split(tmp_path):
         assert set(idx["image_id"][split == "test"]) == {r.split(",")[0] for r in dev}
 
 
-def test_skip_bad_and_missing_column(tmp_path):
-    _write(tmp_path, ["00001.jpg,", "00002.jpg,9 1 1 2 2"], ["08001.jpg,"])
-    res = DATASETS.get("object_cxr")().read(tmp_path, {"skip_bad": True})
-    assert list(res.index["image_id"]) == ["00001.jpg", "08001.jpg"] and res.skipped[0]["line"] == 3
+def test_bad_row_kept_duplicate_dropped_and_missing_column(tmp_path, kinds):
+    _write(tmp_path, ["00001.jpg,", "00002.jpg,9 1 1 2 2", "00001.jpg,"], ["08001.jpg,"])
+    res = DATASETS.get("object_cxr")().read(tmp_path, {})
+    assert list(res.index["image_id"]) == ["00001.jpg", "00002.jpg", "08001.jpg"]
+    assert kinds(res) == {"malformed_annotation": 1, "duplicate_id": 1} and res.problems[1].line == 4
     _write(tmp_path, ["00001.jpg,"], [])
     (tmp_path / "dev.csv").write_text("image_name\n08001.jpg\n")
     with pytest.raises(DataFormatError, match=r"dev.csv.*'annotation'"):

@@ -54,14 +54,15 @@ def test_reference_split_exact_membership(tmp_path):
     assert (explicit == "train").sum() == 150
 
 
-def test_bad_target_and_skip(tmp_path):
-    ids = _ids(3)
-    _write(tmp_path, f"{ids[0]},,,,,0\n{ids[1]},,,,,2\n{ids[2]},1,1,5,5,1\n")
-    with pytest.raises(DataFormatError, match=r"line 3.*'Target'.*'2'"):
-        DATASETS.get("rsna")().read(tmp_path, {})
-    res = DATASETS.get("rsna")().read(tmp_path, {"skip_bad": True})
-    assert list(res.index["image_id"]) == [ids[0], ids[2]]
-    assert res.skipped[0]["line"] == 3 and res.skipped[0]["id"] == ids[1]
+def test_bad_target_and_box_recorded(tmp_path, kinds):
+    ids = _ids(4)
+    _write(tmp_path, f"{ids[0]},,,,,0\n{ids[1]},,,,,2\n{ids[2]},1,1,5,5,1\n{ids[3]},1,1,-5,5,1\n")
+    res = DATASETS.get("rsna")().read(tmp_path, {})
+    assert list(res.index["image_id"]) == ids  # bad rows stay: the split is over every listed id
+    assert kinds(res) == {"bad_label": 1, "bad_box": 1}
+    p, q = res.problems
+    assert (p.line, p.column, p.image) == (3, "Target", ids[1]) and "'2'" in p.detail
+    assert (q.line, q.image) == (5, ids[3]) and "positive width" in q.detail
 
 
 def test_missing_column_and_file(tmp_path):
@@ -73,7 +74,7 @@ def test_missing_column_and_file(tmp_path):
         DATASETS.get("rsna")().read(tmp_path / "nowhere", {})
 
 
-def test_duplicated_negative_is_error(tmp_path):
+def test_duplicated_negative_is_a_conflict(tmp_path, only):
     _write(tmp_path, "aaa,,,,,0\naaa,,,,,0\nbbb,,,,,0\n")
-    with pytest.raises(DataFormatError, match="duplicated.*aaa"):
-        DATASETS.get("rsna")().read(tmp_path, {})
+    p = only(DATASETS.get("rsna")().read(tmp_path, {}), "conflicting_rows")
+    assert (p.line, p.image) == (3, "aaa") and "lines [2, 3]" in p.detail

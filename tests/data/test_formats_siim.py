@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
@@ -53,12 +54,12 @@ def test_reference_split_per_image_no_leak(tmp_path):
     assert res.counts == {**res.counts, **row_split_sizes([r.split(",")[0] for r in rows])}
 
 
-def test_bad_rle_named_and_skippable(tmp_path):
+def test_bad_rle_named_and_kept(tmp_path, only):
     _write(tmp_path, ["a, 3 2 5", "b, -1"])
-    with pytest.raises(DataFormatError, match=r"line 2.*'a'.*odd"):
-        DATASETS.get("siim")().read(tmp_path, {})
-    res = DATASETS.get("siim")().read(tmp_path, {"skip_bad": True})
-    assert list(res.index["image_id"]) == ["b"] and res.skipped[0]["id"] == "a"
+    res = DATASETS.get("siim")().read(tmp_path, {})
+    p = only(res, "malformed_rle")
+    assert (p.table, p.line, p.column, p.image) == ("train-rle.csv", 2, "EncodedPixels", "a") and "odd" in p.detail
+    assert list(res.index["image_id"]) == ["a", "b"]
 
 
 def test_missing_column_and_missing_dicom(tmp_path):
@@ -67,7 +68,10 @@ def test_missing_column_and_missing_dicom(tmp_path):
         DATASETS.get("siim")().read(tmp_path, {})
     _write(tmp_path, ["zz,-1"], with_files=False)
     res = DATASETS.get("siim")().read(tmp_path, {})
-    assert len(res.index) == 0 and "zz.dcm" in res.skipped[0]["reason"]
+    # the image keeps its place in the index (and so in the split); its problem names the row and the file
+    assert list(res.index["image_id"]) == ["zz"] and pd.isna(res.index["path"][0])
+    p = res.problems[0]
+    assert (p.kind, p.line, p.image) == ("missing_file", 2, "zz") and "zz.dcm" in p.detail
 
 
 def test_missing_file_hint(tmp_path):

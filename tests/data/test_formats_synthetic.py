@@ -35,7 +35,7 @@ def test_reader_on_generated_layout(raw_root, name):
         options["n_5x200"] = 2
     res = fmt.read(raw_root / name, options)
     idx = res.index
-    assert len(idx) > 0 and res.skipped == []
+    assert len(idx) > 0 and res.problems == []
     assert set(RAW_COLUMNS) | set(fmt.label_names) <= set(idx.columns)
     assert idx["image_id"].is_unique
     for path in idx["path"].head(5):

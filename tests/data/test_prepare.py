@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,17 +11,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import cxrbench.data.decode as decode
 import cxrbench.data.prepare as prep
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
-from cxrbench.data.images import ImageDecodeError, load_image, resize_mask, resize_pad
+from cxrbench.data.images import load_image, resize_mask, resize_pad
 from cxrbench.data.masks import render_shapes
-from cxrbench.data.prepare import hash_patient, prepare_dataset
+from cxrbench.data.prepare import hash_patient, partial_dir, prepare_dataset
+from cxrbench.data.problems import BadInputError, hash_id
 
 N = 12
 
 
 class Toy(DatasetFormat):
-    """12 PNGs of 40 x (20 + i) px; rows 0-7 train, 8-9 valid, 10-11 test; row 5 left out by the split."""
+    """12 PNGs of 40 x (20 + i) px; rows 0-7 train, 8-9 valid, 10-11 test; row 5 left out by the protocol."""
 
     name = "toy_prepare"
     title = "Toy"
@@ -35,8 +38,9 @@ class Toy(DatasetFormat):
             boxes = [[2.0, 4.0, 10.0, 12.0]] if i % 3 == 0 else []
             rows.append({"image_id": f"img{i:02d}", "path": f"img/{i:02d}.png", "patient": f"PAT{i // 2}",
                          "official_split": None, "A": float(i % 2), "B": float(i % 4 == 0), "boxes": boxes,
-                         "shapes": shapes, "text": f"report {i}", "view": "PA"})
-        return ReadResult(pd.DataFrame(rows), skipped=[], counts={"rows": N})
+                         "shapes": shapes, "text": f"report {i}", "view": "PA",
+                         "protocol_drop": "protocol_chexpert_5x200" if i == 5 else None})
+        return ReadResult(pd.DataFrame(rows), counts={"rows": N})
 
     def reference_split(self, index: pd.DataFrame, options: dict) -> pd.Series:
         split = ["train"] * 8 + ["valid"] * 2 + ["test"] * 2
@@ -83,7 +87,7 @@ def test_prepare_values(raw, tmp_path):
     s = read_store(out)
     m, kept = s["manifest"], [i for i in range(N) if i != 5]
     assert summary["n_images"] == 11 and summary["split_sizes"] == {"train": 7, "valid": 2, "test": 2}
-    assert list(m["image_id"]) == [f"img{i:02d}" for i in kept]
+    assert list(m["image_id"]) == [hash_id(f"img{i:02d}", "cxrbench") for i in kept]  # raw ids never stored
     assert list(m["row"]) == list(range(11)) and s["images"].shape == (11, 32, 32)
     assert list(m["split"]) == ["train"] * 7 + ["valid"] * 2 + ["test"] * 2
     for r, i in enumerate(kept):
@@ -113,8 +117,8 @@ def test_prepare_values(raw, tmp_path):
     meta = s["meta"]
     assert meta["paper_split_sizes"] == {"train": 8, "valid": 2, "test": 2}
     assert meta["label_names"] == ["A", "B"] and meta["size"] == 32 and meta["padding"] == "center"
-    assert meta["counts"]["excluded_by_split"] == 1 and meta["skipped"] == []
-    assert not (out / ".partial").exists()
+    assert meta["counts"]["excluded_by_split"] == 1 and meta["problems"] == [] and meta["problem_counts"] == {}
+    assert not partial_dir(out).exists() and sorted(p.name for p in out.parent.iterdir()) == ["out", "raw"]
 
 
 def test_parallel_equals_serial(raw, tmp_path):
@@ -132,7 +136,7 @@ def _kill_at(monkeypatch, path_part: str, calls: list) -> None:
             raise RuntimeError("simulated kill")
         return real(path)
 
-    monkeypatch.setattr(prep, "load_image", fake)
+    monkeypatch.setattr(decode, "load_image", fake)
 
 
 def test_resume_after_kill_recomputes_only_unfinished_chunks(raw, tmp_path, monkeypatch):
@@ -142,8 +146,8 @@ def test_resume_after_kill_recomputes_only_unfinished_chunks(raw, tmp_path, monk
     _kill_at(monkeypatch, "08.png", calls)
     with pytest.raises(RuntimeError, match="simulated kill"):
         prepare_dataset(Toy(), raw, out, workers=1, **KW)
-    assert not (out / "manifest.parquet").exists()
-    assert sorted(p.name for p in (out / ".partial" / "chunks").iterdir()) == ["0.json", "1.json"]
+    assert not out.exists()  # nothing at the store's path until it is complete
+    assert sorted(p.name for p in (partial_dir(out) / "chunks").iterdir()) == ["0.json", "1.json"]
     calls.clear()
     _kill_at(monkeypatch, "", calls)
     summary = prepare_dataset(Toy(), raw, out, workers=1, **KW)
@@ -162,35 +166,58 @@ def test_changed_inputs_discard_partial_work(raw, tmp_path, monkeypatch):
     assert summary["resumed_chunks"] == 0 and np.load(out / "images.npy").shape == (11, 16, 16)
 
 
-def test_failure_removes_an_old_manifest(raw, tmp_path, monkeypatch):
+def store_digest(out: Path) -> str:
+    """sha256 over every file's relative path and bytes (and the set of files) of a store directory."""
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        h.update(str(p.relative_to(out)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_failed_rerun_leaves_the_previous_store_exactly(raw, tmp_path, monkeypatch):
     out = tmp_path / "out"
     prepare_dataset(Toy(), raw, out, workers=1, **KW)
-    assert (out / "manifest.parquet").exists()
+    before = store_digest(out)
     _kill_at(monkeypatch, "03.png", [])
-    with pytest.raises(RuntimeError):
-        prepare_dataset(Toy(), raw, out, workers=1, **KW)
-    assert not (out / "manifest.parquet").exists()
+    with pytest.raises(RuntimeError):  # a crash (a bug) mid-decode
+        prepare_dataset(Toy(), raw, out, workers=1, **{**KW, "size": 16})
+    assert store_digest(out) == before
+    monkeypatch.undo()
+    (raw / "img" / "04.png").write_bytes(b"not a png")  # bad input: strict mode fails after the full pass
+    with pytest.raises(BadInputError, match="04.png"):
+        prepare_dataset(Toy(), raw, out, workers=1, **{**KW, "size": 16})
+    assert store_digest(out) == before
 
 
-def test_bad_image_raises_naming_it_or_is_skipped_everywhere(raw, tmp_path):
+def test_bad_images_all_named_or_skipped_from_their_split(raw, tmp_path, capsys):
     (raw / "img" / "03.png").unlink()
     data = (raw / "img" / "09.png").read_bytes()
     (raw / "img" / "09.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageDecodeError, match="03.png"):
+    with pytest.raises(BadInputError, match="03.png.*1 more problem") as err:
         prepare_dataset(Toy(), raw, tmp_path / "strict", workers=1, **KW)
-    assert not (tmp_path / "strict" / "manifest.parquet").exists()
-    summary = prepare_dataset(Toy(), raw, tmp_path / "out", workers=2, skip_bad=True, **KW)
+    assert [p.kind for p in err.value.problems] == ["missing_file", "undecodable"]
+    table = capsys.readouterr().err
+    assert "missing_file" in table and "img/03.png" in table and "undecodable" in table and "img/09.png" in table
+    assert not (tmp_path / "strict").exists()
+    summary = prepare_dataset(Toy(), raw, tmp_path / "out", workers=2, skip_bad=True, max_skipped_fraction=0.5, **KW)
     s = read_store(tmp_path / "out")
     m = s["manifest"]
     assert summary["skipped"] == 2 and len(m) == 9 and s["images"].shape[0] == 9 == s["masks"].shape[0]
-    assert not {"img03", "img09"} & set(m["image_id"]) and list(m["row"]) == list(range(9))
-    assert [(d["image_id"], Path(d["path"]).name) for d in s["meta"]["skipped"]] == [
-        ("img03", "03.png"), ("img09", "09.png")]
-    assert "03.png" in s["meta"]["skipped"][0]["reason"]
-    assert all("img03" not in t and "img09" not in t for t in s["fractions"].values())
+    assert summary["lost_per_split"] == {"train": 1, "valid": 1, "test": 0, "none": 0}
+    assert summary["problems"] == {"missing_file": 1, "undecodable": 1}
+    gone = {hash_id("img03", "cxrbench"), hash_id("img09", "cxrbench")}
+    assert not gone & set(m["image_id"]) and list(m["row"]) == list(range(9))
+    assert [(d["kind"], d["image"], d["split"]) for d in s["meta"]["problems"]] == [
+        ("missing_file", hash_id("img03", "cxrbench"), "train"), ("undecodable", hash_id("img09", "cxrbench"), "valid")]
+    assert b"img/0" not in (tmp_path / "out" / "meta.json").read_bytes()  # no image path in versioned files
+    assert all(not gone & set(t.split()) for t in s["fractions"].values())
     kept = [i for i in range(N) if i not in (3, 5, 9)]
     for r, i in enumerate(kept):  # rows still line up with the images after dropping
         np.testing.assert_array_equal(s["images"][r], resize_pad(load_image(raw / "img" / f"{i:02d}.png"), 32)[0])
+    with pytest.raises(BadInputError, match="1 of 7 train images lost.*max_skipped_fraction"):
+        prepare_dataset(Toy(), raw, tmp_path / "ceiling", workers=1, skip_bad=True, max_skipped_fraction=0.1, **KW)
 
 
 def test_patient_protocol_is_patient_disjoint(raw, tmp_path):
@@ -238,7 +265,8 @@ def test_real_readers_on_generated_data(synthetic_root, name, tmp_path):
     assert summary["n_images"] == len(m) == store.images.shape[0] > 0 and summary["skipped"] == 0
     assert set(m["split"]) <= {"train", "valid", "test"}
     np.testing.assert_array_equal(m["frac_100"], m["split"] == "train")
-    raw_index = reader.read(synthetic_root / name, {}).index.set_index("image_id")
+    raw_index = reader.read(synthetic_root / name, {}).index
+    raw_index = raw_index.set_index(raw_index["image_id"].map(lambda i: hash_id(i, "cxrbench")))
     for r in (0, len(m) - 1):  # stored pixels = load + resize of the raw file
         path = synthetic_root / name / raw_index.loc[m["image_id"][r], "path"]
         np.testing.assert_array_equal(store.images[r], resize_pad(load_image(path), 32)[0])

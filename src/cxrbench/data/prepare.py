@@ -1,64 +1,43 @@
 """The generic preparation step: raw download -> prepared store (see ``cxrbench.data.store`` for the layout).
 
-``reader.read`` -> split (reference or patient protocol) -> decode + resize every image in parallel chunks ->
-drop undecodable images (``skip_bad``) -> nested training fractions -> ``images.npy`` / ``masks.npy`` /
-``fractions/frac_<pct>.txt`` / ``meta.json`` / ``manifest.parquet``.
+``reader.read`` (label tables only) -> split over every row the tables list (reference or patient protocol) and
+nested training fractions -> file checks -> decode + resize in parallel resumable chunks (``cxrbench.data.decode``)
+-> every problem collected (``cxrbench.data.problems``) -> strict: fail with the whole list; ``skip_bad``: drop the
+affected images from THEIR split (counted per split, ceiling ``max_skipped_fraction``) -> store.
 
-Resumable and atomic: all work goes into ``out_dir/.partial/``. Each chunk of ``chunk_size`` rows is
-decoded straight into ``.partial/images.npy`` (and ``masks.npy``), then gets a done marker
-``.partial/chunks/<k>.json`` holding its geometry; a rerun with the same inputs (same ``plan.json``
-fingerprint) skips marked chunks. The final files are moved into ``out_dir`` only at the end,
-``manifest.parquet`` last, and an old manifest is deleted when a run starts: a store without
-``manifest.parquet`` is incomplete, one with it is complete.
+Splits and fractions never depend on which files are present or decodable: they are computed before any image is
+opened, over the label tables as published, and an unusable image is removed from its split afterwards.
 
-Patient ids are replaced by ``patient_hash`` = first 16 hex digits of ``sha256(salt + "\\0" + patient)``
-(``patient_ids="hash"``) or dropped (``"drop"``); never written or logged raw, and neither is the salt.
+Atomic and resumable: all work goes into ``<out>.partial/`` beside the output directory (so a Snakemake rerun,
+which deletes the output first, still resumes the finished chunks); the new store is assembled in
+``<out>.partial/store/`` and swapped into ``out`` only when complete. A failed or killed run leaves a previous store
+exactly as it was.
+
+Privacy: image ids are stored as ``hash_id`` (salted sha256 prefix; so are reader id columns such as ``study_id``),
+patients as ``patient_hash`` (``patient_ids="hash"``) or not at all (``"drop"``); ``meta.json`` lists problems by
+label table, line and hashed id, never by image path. Only the console names raw files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
-import shutil
-import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from cxrbench.data.decode import decode_rows
 from cxrbench.data.formats._base import SPLITS, DataFormatError, DatasetFormat, ReadResult
-from cxrbench.data.images import ImageDecodeError, fit_geometry, load_image, resize_mask, resize_pad
-from cxrbench.data.masks import boxes_mask, render_shapes
+from cxrbench.data.images import fit_geometry
+from cxrbench.data.problems import LOSSES, BadInputError, Problems, format_table
 from cxrbench.data.splits import draw_fractions, patient_split
-from cxrbench.data.store import build_manifest, build_meta, compact_array, install_store, write_store_files
+from cxrbench.data.store import assemble_store, build_manifest, build_meta, recover_swap, swap_in
 from cxrbench.registry import DATASETS
 
-log = logging.getLogger(__name__)
-PARTIAL = ".partial"
 MASK_MODES = ("auto", "shapes", "none")
-
-
-@dataclass(frozen=True)
-class ChunkJob:
-    """One chunk of rows [start, stop) to decode into the partial memmaps (picklable for worker processes)."""
-
-    k: int
-    start: int
-    stop: int
-    paths: list[str]
-    shapes: list[Any]
-    boxes: list[Any]
-    size: int
-    padding: str
-    masks: bool
-    skip_bad: bool
-    partial: str
 
 
 def resolve_reader(name: str | DatasetFormat | type) -> DatasetFormat:
@@ -68,6 +47,11 @@ def resolve_reader(name: str | DatasetFormat | type) -> DatasetFormat:
     if not isinstance(obj, DatasetFormat):
         raise TypeError(f"expected a dataset name or DatasetFormat, got {obj!r}")
     return obj
+
+
+def partial_dir(out: Path) -> Path:
+    """Where the partial work of ``out`` lives: the sibling ``<out>.partial`` (kept when Snakemake deletes ``out``)."""
+    return out.with_name(out.name + ".partial")
 
 
 def _read_index(reader: DatasetFormat, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
@@ -80,7 +64,8 @@ def _read_index(reader: DatasetFormat, raw_dir: Path, options: dict[str, Any]) -
     dup = index["image_id"][index["image_id"].duplicated()]
     if len(dup):
         raise DataFormatError(f"reader {reader.name!r}: duplicated image_id {dup.iloc[0]!r} ({len(dup)} duplicates)")
-    defaults = {"patient": None, "official_split": None, "boxes": (), "shapes": (), "text": None}
+    defaults = {"patient": None, "official_split": None, "boxes": (), "shapes": (), "text": None,
+                "protocol_drop": None, "line": None}
     for col, default in defaults.items():
         if col not in index.columns:
             index[col] = [default] * len(index)
@@ -103,147 +88,90 @@ def _assign_splits(reader: DatasetFormat, index: pd.DataFrame, protocol: str, se
     return split
 
 
-def _fingerprint(index: pd.DataFrame, size: int, padding: str, masks: bool, chunk_size: int) -> str:
-    plan = [size, padding, masks, chunk_size, index["image_id"].tolist(), index["path"].tolist()]
-    if masks:
-        plan += [index["shapes"].tolist(), index["boxes"].tolist()]
-    as_list = lambda v: v.tolist() if hasattr(v, "tolist") else str(v)  # noqa: E731 (arrays inside shapes/boxes)
-    return hashlib.sha256(json.dumps(plan, default=as_list).encode()).hexdigest()
+def _affected(index: pd.DataFrame, problems: Problems) -> np.ndarray:
+    """Boolean (n,): rows with a problem that makes the image unusable (by image id or by group column)."""
+    bad = index["image_id"].isin(problems.images()).to_numpy()
+    for p in problems.items:
+        if p.effect == "image" and p.group is not None and p.group[0] in index.columns:
+            bad |= (index[p.group[0]] == p.group[1]).to_numpy()
+    return bad
 
 
-def _open_partial(out: Path, fingerprint: str, n: int, size: int, masks: bool) -> Path:
-    """``out/.partial`` matching ``fingerprint`` (resumed), or new memmaps (stale state wiped)."""
-    partial = out / PARTIAL
-    plan_path = partial / "plan.json"
-    arrays = [partial / "images.npy"] + ([partial / "masks.npy"] if masks else [])
-    if plan_path.exists():
-        same = json.loads(plan_path.read_text()).get("fingerprint") == fingerprint
-        if same and all(p.exists() for p in arrays):
-            return partial
-        log.info("prepare: discarding partial work in %s (inputs changed)", partial)
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "chunks").mkdir(parents=True)
-    for path in arrays:
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size)).flush()
-    _atomic_write(plan_path, json.dumps({"fingerprint": fingerprint, "n": n, "size": size}))
-    return partial
+def _check_rows(index: pd.DataFrame, raw_dir: Path, problems: Problems, reader: DatasetFormat) -> np.ndarray:
+    """Rows in no split (not a protocol drop) and missing image files become problems; returns "file present"."""
+    flagged = _affected(index, problems)
+    present = np.zeros(len(index), dtype=bool)
+    for pos, row in enumerate(index[["image_id", "path", "split", "protocol_drop", "line"]].itertuples(index=False)):
+        line = None if pd.isna(row.line) else int(row.line)
+        if pd.isna(row.split) and pd.isna(row.protocol_drop) and not flagged[pos]:
+            problems.add("no_split", f"in no split; expected it in {reader.split_source or 'the split tables'}",
+                         table=reader.main_table or None, line=line, image=row.image_id)
+        if pd.isna(row.split):
+            continue
+        present[pos] = isinstance(row.path, str) and (raw_dir / row.path).is_file()
+        if not present[pos] and isinstance(row.path, str) and not flagged[pos]:
+            problems.add("missing_file", "image file not found", path=row.path, table=reader.main_table or None,
+                         line=line, image=row.image_id)
+    return present
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _check_boxes(index: pd.DataFrame, geometry: np.ndarray, decoded: np.ndarray, problems: Problems) -> list:
+    """Boxes clipped to their image (``box_clipped``) or dropped when no area is inside (``box_outside_image``)."""
+    out = []
+    for pos, boxes in enumerate(index["boxes"]):
+        if not decoded[pos] or boxes is None or not len(boxes):
+            out.append(boxes)
+            continue
+        h, w = geometry[pos, 0], geometry[pos, 1]
+        kept = []
+        for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4).tolist():
+            clipped = np.clip(box, 0, [w, h, w, h]).tolist()
+            where = {"image": index["image_id"].iloc[pos], "line": _line(index, pos)}
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                problems.add("box_outside_image", f"box {box} has no area inside the {w:.0f}x{h:.0f} image", **where)
+                continue
+            if clipped != box:
+                problems.add("box_clipped", f"box {box} clipped to {clipped} ({w:.0f}x{h:.0f} image)", **where)
+            kept.append(clipped)
+        out.append(kept)
+    return out
 
 
-def _decode_one(job: ChunkJob, i: int, images: np.ndarray, masks: np.ndarray | None) -> list:
-    """Decode row ``job.start + i`` into the memmaps -> [orig_h, orig_w, scale, pad_x, pad_y, has_mask]."""
-    img = load_image(job.paths[i])
-    images[job.start + i], g = resize_pad(img, job.size, job.padding)
-    has_mask = False
-    if masks is not None:
-        shapes = job.shapes[i]
-        if shapes is not None and len(shapes):
-            mask = render_shapes(shapes, g.orig_h, g.orig_w)
-        else:
-            mask = boxes_mask(job.boxes[i], g.orig_h, g.orig_w)
-        has_mask = bool(mask.any())
-        masks[job.start + i] = resize_mask(mask, g)
-    return [g.orig_h, g.orig_w, g.scale, g.pad_x, g.pad_y, has_mask]
+def _line(index: pd.DataFrame, pos: int) -> int | None:
+    value = index["line"].iloc[pos]
+    return None if value is None or pd.isna(value) else int(value)
 
 
-def decode_chunk(job: ChunkJob) -> int:
-    """Decode one chunk into ``.partial`` and write its done marker; returns the number of rows done."""
-    partial = Path(job.partial)
-    images = np.load(partial / "images.npy", mmap_mode="r+")
-    masks = np.load(partial / "masks.npy", mmap_mode="r+") if job.masks else None
-    geometry, failed = [], []
-    for i in range(job.stop - job.start):
-        try:
-            geometry.append(_decode_one(job, i, images, masks))
-        except (ImageDecodeError, ValueError) as err:
-            if not job.skip_bad:
-                raise err if isinstance(err, ImageDecodeError) else ImageDecodeError(str(err)) from err
-            failed.append({"i": i, "reason": str(err)})
-            geometry.append([0, 0, 0.0, 0, 0, False])
-    images.flush()
-    if masks is not None:
-        masks.flush()
-    del images, masks
-    marker = {"k": job.k, "start": job.start, "stop": job.stop, "geometry": geometry, "failed": failed}
-    _atomic_write(partial / "chunks" / f"{job.k}.json", json.dumps(marker))
-    return job.stop - job.start
+def _decide(index: pd.DataFrame, lost: np.ndarray, problems: Problems, cfg: dict, stream: IO[str]) -> dict:
+    """Strict: any data-losing problem is an error. skip_bad: warn, then fail above the per-split ceiling."""
+    split_of = dict(zip(index["image_id"], index["split"], strict=True))
+    for p in problems.items:
+        p.split = split_of.get(p.image) if isinstance(split_of.get(p.image), str) else None
+    losing = problems.losing()
+    per_split = {s: int((lost & (index["split"] == s).to_numpy()).sum()) for s in SPLITS}
+    per_split["none"] = int((index["split"].isna() & index["protocol_drop"].isna()).sum())
+    if problems.items:
+        print(f"prepare {cfg['name']}: problems found\n{format_table(problems.items)}", file=stream, flush=True)
+    if losing and not cfg["skip_bad"]:
+        first = losing[0].console()
+        more = f" (and {len(losing) - 1} more problem(s), listed above)" if len(losing) > 1 else ""
+        raise BadInputError(
+            f"dataset {cfg['name']!r}: {first}{more}. Fix the download, or set data.skip_bad: true to skip bad "
+            f"images (they are counted; the run still fails above data.max_skipped_fraction).", losing)
+    for split, n_lost in per_split.items():
+        total = int((index["split"] == split).sum()) if split != "none" else len(index)
+        if total and n_lost / total > cfg["max_skipped_fraction"]:
+            raise BadInputError(
+                f"dataset {cfg['name']!r}: {n_lost} of {total} {split} images lost ({100 * n_lost / total:.2f}%) "
+                f"> data.max_skipped_fraction = {cfg['max_skipped_fraction']} (problems listed above)", losing)
+    return per_split
 
 
-def _cpu_count() -> int:
-    """CPUs this process may use (the affinity mask where the OS has one, else ``os.cpu_count()``)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def _run_chunks(jobs: list[ChunkJob], workers: int, bar: tqdm) -> None:
-    """Run ``jobs`` in-process (workers <= 1) or over a process pool; the first failure cancels the rest."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            bar.update(decode_chunk(job))
-        return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-        pending = {pool.submit(decode_chunk, job) for job in jobs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise fut.exception()
-                bar.update(fut.result())
-
-
-def _collect(partial: Path, n_chunks: int) -> tuple[np.ndarray, list[dict]]:
-    """Geometry (n, 6) float64 of all chunks and the failed rows [{"pos", "reason"}] from the markers."""
-    rows, failed = [], []
-    for k in range(n_chunks):
-        marker = json.loads((partial / "chunks" / f"{k}.json").read_text())
-        rows.extend(marker["geometry"])
-        failed.extend({"pos": marker["start"] + f["i"], "reason": f["reason"]} for f in marker["failed"])
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 6), failed
-
-
-def _decode_all(index: pd.DataFrame, raw_dir: Path, out: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Decode every row of ``index`` into ``out/.partial`` (resuming done chunks); geometry, failures."""
-    n, cs = len(index), cfg["chunk_size"]
-    partial = _open_partial(
-        out, _fingerprint(index, cfg["size"], cfg["padding"], cfg["masks"], cs), n, cfg["size"], cfg["masks"]
-    )
-    bounds = [(k, s, min(s + cs, n)) for k, s in enumerate(range(0, n, cs))]
-    todo = [b for b in bounds if not (partial / "chunks" / f"{b[0]}.json").exists()]
-    common = {key: cfg[key] for key in ("size", "padding", "masks", "skip_bad")}
-    paths = [str(raw_dir / p) for p in index["path"]]
-    shapes, boxes = index["shapes"].tolist(), index["boxes"].tolist()
-    jobs = [ChunkJob(k, s, e, paths[s:e], shapes[s:e], boxes[s:e], partial=str(partial), **common) for k, s, e in todo]
-    done_rows = n - sum(e - s for _, s, e in todo)
-    t0 = time.perf_counter()
-    with tqdm(
-        total=n, initial=done_rows, unit="img", desc=f"prepare {cfg['name']}", disable=not cfg["progress"]
-    ) as bar:
-        _run_chunks(jobs, cfg["workers"], bar)
-    seconds = time.perf_counter() - t0
-    geometry, failed = _collect(partial, len(bounds))
-    if failed and not cfg["skip_bad"]:
-        raise ImageDecodeError(f"{len(failed)} undecodable image(s), first: {failed[0]['reason']}")
-    return {
-        "partial": partial,
-        "geometry": geometry,
-        "failed": failed,
-        "decoded": n - done_rows,
-        "resumed_chunks": len(bounds) - len(todo),
-        "chunks": len(bounds),
-        "seconds": seconds,
-    }
+def _protocol_counts(index: pd.DataFrame, counts: dict[str, int]) -> dict[str, int]:
+    out = {k: int(v) for k, v in counts.items() if k.startswith("protocol_") and v}
+    for kind, n in index["protocol_drop"].dropna().value_counts().items():
+        out[str(kind)] = out.get(str(kind), 0) + int(n)
+    return out
 
 
 def hash_patient(patient: Any, salt: str) -> str | None:
@@ -258,41 +186,59 @@ def _label_matrix(df: pd.DataFrame, label_names: tuple[str, ...]) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0), dtype=np.float32)
 
 
-def _fractions(df: pd.DataFrame, reader: DatasetFormat, pcts: tuple[int, ...], seed: int, stratify: bool) -> dict:
-    """Nested training fractions {pct: image ids} via ``splits.draw_fractions`` (labels as strata)."""
-    train = df[df["split"] == "train"]
-    strata = _label_matrix(train, reader.label_names) if reader.label_names else None
-    fracs = draw_fractions(
-        train["image_id"].tolist(), tuple(pcts), seed=seed, strata=strata, stratify=stratify, name=reader.name
-    )
-    return {int(p): list(ids) for p, ids in sorted(fracs.items())}
+def _fractions(index: pd.DataFrame, reader: DatasetFormat, cfg: dict) -> dict[int, set[str]]:
+    """Nested training fractions {pct: raw image ids}, drawn over the WHOLE training split (labels as strata)."""
+    train = index[index["split"] == "train"]
+    strata = np.nan_to_num(_label_matrix(train, reader.label_names)) if reader.label_names else None
+    pcts = tuple(cfg["fractions"])
+    fracs = draw_fractions(train["image_id"].tolist(), pcts, seed=cfg["protocol"]["fraction_seed"], strata=strata,
+                           stratify=cfg["protocol"]["stratified"], name=reader.name)
+    return {int(p): set(ids) for p, ids in sorted(fracs.items())}
 
 
-def _finish(index: pd.DataFrame, dec: dict, reader: DatasetFormat, result: ReadResult, cfg: dict) -> dict:
-    """Manifest, fractions and meta from the decoded rows; install the store (manifest last). Returns meta."""
-    keep = np.ones(len(index), dtype=bool)
-    keep[[f["pos"] for f in dec["failed"]]] = False
-    skipped = [
-        {
-            "image_id": str(index["image_id"].iloc[f["pos"]]),
-            "path": str(index["path"].iloc[f["pos"]]),
-            "reason": f["reason"],
-        }
-        for f in dec["failed"]
-    ]
-    hashes = [hash_patient(p, cfg["salt"]) for p in index["patient"]] if cfg["patient_ids"] == "hash" else None
-    df = build_manifest(index, keep, dec["geometry"], reader, cfg, hashes)
-    fracs = _fractions(df, reader, cfg["fractions"], cfg["protocol"]["fraction_seed"], cfg["protocol"]["stratified"])
+def _decode(index: pd.DataFrame, present: np.ndarray, raw_dir: Path, cfg: dict, problems: Problems, stream) -> dict:
+    """Decode the rows whose file is present; failures become problems. Geometry is returned for every row."""
+    pos = np.flatnonzero(present)
+    rows = {"paths": [str(raw_dir / index["path"].iloc[p]) for p in pos],
+            "shapes": [index["shapes"].iloc[p] for p in pos], "boxes": [index["boxes"].iloc[p] for p in pos]}
+    dec = decode_rows(rows, cfg["partial"], cfg, stream)
+    geometry = np.zeros((len(index), 6))
+    geometry[pos] = dec["geometry"]
+    decoded = present.copy()
+    for f in dec["failed"]:
+        p = int(pos[f["pos"]])
+        decoded[p] = False
+        problems.add(f["kind"], f["reason"], path=index["path"].iloc[p], line=_line(index, p),
+                     image=index["image_id"].iloc[p])
+    return {**dec, "geometry_all": geometry, "decoded_all": decoded, "decode_pos": pos}
+
+
+def _run(reader: DatasetFormat, raw_dir: Path, cfg: dict, options: dict, stream: IO[str]) -> dict:
+    result = _read_index(reader, raw_dir, options)
+    problems = Problems(raw_dir, list(result.problems))
+    index = result.index
+    split = _assign_splits(reader, index, cfg["protocol"]["split"], cfg["protocol"]["split_seed"], options)
+    index = index.assign(split=split.to_numpy())
+    cfg["protocol"]["n_excluded"] = int((index["split"].isna() & index["protocol_drop"].notna()).sum())
+    fracs = _fractions(index, reader, cfg)
+    present = _check_rows(index, raw_dir, problems, reader)
+    dec = _decode(index, present, raw_dir, cfg, problems, stream)
+    index = index.assign(boxes=_check_boxes(index, dec["geometry_all"], dec["decoded_all"], problems))
+    lost = _affected(index, problems) & index["split"].notna().to_numpy()
+    lost |= index["split"].notna().to_numpy() & ~dec["decoded_all"]
+    lost_per_split = _decide(index, lost, problems, cfg, stream)
+    keep = index["split"].notna().to_numpy() & ~lost
+    keep_dec = keep[dec["decode_pos"]]
+    df = build_manifest(index, keep, dec["geometry_all"], reader, cfg)
     for pct, ids in fracs.items():
-        df[f"frac_{pct}"] = df["image_id"].isin(set(ids))
-    meta = build_meta(reader, df, result, cfg, {**cfg["protocol"], "fractions": sorted(fracs)}, skipped, fracs)
-    partial = dec["partial"]
-    files = write_store_files(partial, df, meta, fracs)
-    files["images.npy"] = compact_array(partial / "images.npy", keep)
-    if cfg["masks"]:
-        files["masks.npy"] = compact_array(partial / "masks.npy", keep)
-    install_store(partial, cfg["out"], files)
-    return meta
+        df[f"frac_{pct}"] = index["image_id"][keep].isin(ids).to_numpy()
+    frac_ids = {p: df.loc[df[f"frac_{p}"], "image_id"].tolist() for p in fracs}
+    extra = {"problems": [p.record(cfg["salt"]) for p in problems.items], "problem_counts": problems.counts(),
+             "lost_per_split": lost_per_split, "protocol_drops": _protocol_counts(index, result.counts)}
+    meta = build_meta(reader, df, result, cfg, {**cfg["protocol"], "fractions": sorted(fracs)}, frac_ids, extra)
+    store = assemble_store(cfg["partial"], df, meta, frac_ids, keep_dec, cfg["masks"])
+    swap_in(store, cfg["out"])
+    return {"meta": meta, "dec": dec, "lost": int(lost.sum())}
 
 
 def prepare_dataset(
@@ -309,12 +255,14 @@ def prepare_dataset(
     workers: int | None = None,
     chunk_size: int = 256,
     skip_bad: bool = False,
+    max_skipped_fraction: float = 0.001,
     padding: str = "center",
     masks: str = "auto",
     patient_ids: str = "hash",
     salt: str = "cxrbench",
     progress: bool = True,
     options: dict[str, Any] | None = None,
+    stream: IO[str] | None = None,
 ) -> dict[str, Any]:
     """Prepare dataset ``name`` (registered name, DatasetFormat subclass or instance) from ``raw_dir`` into ``out_dir``.
 
@@ -322,55 +270,41 @@ def prepare_dataset(
     split_protocol: "reference" (``reader.reference_split``) | "patient" (``splits.patient_split``, ``split_seed``);
     fractions / fraction_seed / stratify: nested training fractions (``splits.draw_fractions``, labels as strata);
     workers: decoding processes (None = all usable CPUs; <= 1 decodes in this process); chunk_size: rows per chunk
-    (the resume unit); skip_bad: drop undecodable images (listed in meta.json) instead of raising;
-    masks: "auto" writes masks.npy when the reader ``has_masks`` ("shapes" forces it, "none" never) - a row's mask
-    is its shapes, or its boxes filled when it has no shapes (RSNA); patient_ids: "hash" (with ``salt``) | "drop";
-    progress: show a tqdm bar; options: reader options (``skip_bad`` is added).
-    Returns a summary: n_images, skipped, split_sizes, decoded, resumed_chunks, chunks, seconds, images_per_s.
+    (the resume unit); skip_bad: drop images with problems (``cxrbench.data.problems``) instead of failing, but fail
+    when a split loses more than ``max_skipped_fraction`` of its images; masks: "auto" writes masks.npy when the
+    reader ``has_masks`` ("shapes" forces it, "none" never) - a row's mask is its shapes, or its boxes filled when it
+    has no shapes (RSNA); patient_ids: "hash" (with ``salt``) | "drop"; progress: per-image progress on ``stream``
+    (default stderr: a bar on a terminal, else a line every 10 %); options: reader options.
+    Raises ``BadInputError`` (a ``DataFormatError``) for bad input, after printing the table of every problem.
+    Returns a summary: n_images, skipped, lost_per_split, problems (counts by kind), protocol_drops, split_sizes,
+    decoded, resumed_chunks, chunks, seconds, images_per_s.
     """
     if masks not in MASK_MODES or patient_ids not in ("hash", "drop"):
         raise ValueError(f"masks must be in {MASK_MODES}, patient_ids 'hash' or 'drop'; got {masks!r}, {patient_ids!r}")
     fit_geometry(1, 1, int(size), padding)  # validates size and padding before any work
     reader, raw_dir, out = resolve_reader(name), Path(raw_dir), Path(out_dir)
-    options = {"skip_bad": skip_bad, **(options or {})}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.parquet").unlink(missing_ok=True)  # from here on the store is incomplete
-    result = _read_index(reader, raw_dir, options)
-    split = _assign_splits(reader, result.index, split_protocol, split_seed, options)
-    index = result.index[split.notna()].reset_index(drop=True).assign(split=split.dropna().to_numpy())
-    if not len(index):
-        raise DataFormatError(f"dataset {reader.name!r}: no images in {raw_dir} after the {split_protocol} split")
-    protocol = {
-        "split": split_protocol,
-        "split_seed": split_seed,
-        "fraction_seed": fraction_seed,
-        "stratified": stratify,
-        "n_excluded": int(split.isna().sum()),
-    }
+    stream = sys.stderr if stream is None else stream
+    recover_swap(out)
+    protocol = {"split": split_protocol, "split_seed": split_seed, "fraction_seed": fraction_seed,
+                "stratified": stratify}
     cfg = {
-        "name": reader.name,
-        "out": out,
-        "size": int(size),
-        "padding": padding,
-        "skip_bad": skip_bad,
-        "chunk_size": max(1, int(chunk_size)),
-        "masks": masks == "shapes" or (masks == "auto" and reader.has_masks),
-        "workers": _cpu_count() if workers is None else int(workers),
-        "progress": progress,
-        "patient_ids": patient_ids,
-        "salt": salt,
-        "fractions": tuple(fractions),
-        "protocol": protocol,
+        "name": reader.name, "out": out, "partial": partial_dir(out), "size": int(size), "padding": padding,
+        "skip_bad": skip_bad, "max_skipped_fraction": float(max_skipped_fraction),
+        "chunk_size": max(1, int(chunk_size)), "masks": masks == "shapes" or (masks == "auto" and reader.has_masks),
+        "workers": _cpu_count() if workers is None else int(workers), "progress": progress,
+        "patient_ids": patient_ids, "salt": salt, "fractions": tuple(fractions), "protocol": protocol,
     }
-    dec = _decode_all(index, raw_dir, out, cfg)
-    meta = _finish(index, dec, reader, result, cfg)
-    log.info("prepare %s: %d images (%d skipped) -> %s", reader.name, meta["n_images"], len(dec["failed"]), out)
+    run = _run(reader, raw_dir, cfg, dict(options or {}), stream)
+    meta, dec = run["meta"], run["dec"]
     speed = dec["decoded"] / dec["seconds"] if dec["seconds"] > 0 else float("nan")
     return {
         "dataset": reader.name,
         "out_dir": str(out),
         "n_images": meta["n_images"],
-        "skipped": len(dec["failed"]),
+        "skipped": run["lost"],
+        "lost_per_split": meta["lost_per_split"],
+        "problems": meta["problem_counts"],
+        "protocol_drops": meta["protocol_drops"],
         "split_sizes": meta["split_sizes"],
         "decoded": dec["decoded"],
         "resumed_chunks": dec["resumed_chunks"],
@@ -378,3 +312,11 @@ def prepare_dataset(
         "seconds": dec["seconds"],
         "images_per_s": speed,
     }
+
+
+def _cpu_count() -> int:
+    """CPUs this process may use (the affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+__all__ = ["LOSSES", "BadInputError", "hash_patient", "partial_dir", "prepare_dataset", "resolve_reader"]

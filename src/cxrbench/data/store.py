@@ -12,9 +12,12 @@ Layout of a store directory (e.g. ``data/prepared/<name>/``)::
     masks.npy           uint8 (N, S, S) with values {0, 1} (datasets with masks, or RSNA boxes filled).
     fractions/frac_<pct>.txt   image ids of the training fraction, one per line.
     meta.json           dataset, size, padding, label_names, label_kind, split sizes beside the papers' sizes,
-                        counts, skipped images (id, path, reason), protocol.
+                        counts, protocol drops, images lost per split, every problem (kind, label table, line,
+                        column, hashed image id, what was wrong; ``cxrbench.data.problems``).
 
-``manifest.parquet`` is written last: a directory without it is an unfinished preparation.
+``image_id`` (and the fraction files) hold ``problems.hash_id(raw id, salt)``: raw ids such as NIH file names or
+CheXpert paths carry patient ids. A store is assembled beside its final place and swapped in complete
+(``swap_in``), so a directory at the store's path is always a complete store.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch.utils.data import Dataset
 
 from cxrbench.data.formats._base import SPLITS, DatasetFormat, ReadResult
 from cxrbench.data.images import fit_geometry, map_boxes
+from cxrbench.data.problems import hash_id
 
 FIELDS = ("image", "label", "mask", "boxes", "text")
 
@@ -223,50 +227,45 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _DROP_EXTRAS = ("patient", "path", "name", "birth", "subject", "shapes")
+_INTERNAL = ("line", "protocol_drop", "order", "split")
+STORE_FILES = ("manifest.parquet", "meta.json", "images.npy", "masks.npy", "fractions")
 
 
-def _extras(kept: pd.DataFrame, reader: DatasetFormat) -> dict[str, pd.Series]:
-    """Reader extra columns safe to keep: scalar, no patient/path/name/birth/subject in the name."""
-    known = {
-        "image_id",
-        "path",
-        "patient",
-        "official_split",
-        "boxes",
-        "shapes",
-        "text",
-        "split",
-        *reader.label_names,
-    }
+def _extras(kept: pd.DataFrame, reader: DatasetFormat, salt: str) -> dict[str, pd.Series]:
+    """Reader extra columns safe to keep: scalar, no patient/path/name/birth/subject in the name; id columns
+    (``*_id``, e.g. MIMIC's study_id) hashed like the image ids."""
+    known = {"image_id", "path", "patient", "official_split", "boxes", "shapes", "text", *_INTERNAL,
+             *reader.label_names}
     out = {}
     for col in kept.columns:
         if col in known or any(w in str(col).lower() for w in _DROP_EXTRAS):
             continue
         values = kept[col]
+        if str(col).lower().endswith("_id"):
+            values = values.map(lambda v: None if v is None or v != v else hash_id(v, salt))
         if values.map(lambda v: v is None or isinstance(v, (str, int, float, bool, np.generic))).all():
             out[str(col)] = values
     return out
 
 
 def build_manifest(
-    index: pd.DataFrame,
-    keep: np.ndarray,
-    geometry: np.ndarray,
-    reader: DatasetFormat,
-    cfg: dict[str, Any],
-    patient_hashes: list[str | None] | None,
+    index: pd.DataFrame, keep: np.ndarray, geometry: np.ndarray, reader: DatasetFormat, cfg: dict[str, Any]
 ) -> pd.DataFrame:
-    """One row per kept image, ``row`` = its position in images.npy (columns: ``cxrbench.data.store``)."""
+    """One row per kept image, ``row`` = its position in images.npy (columns: ``cxrbench.data.store``).
+
+    ``geometry`` (n, 6): orig_h, orig_w, scale, pad_x, pad_y, has_mask per row of ``index``."""
+    from cxrbench.data.prepare import hash_patient
+
     kept, geo = index[keep].reset_index(drop=True), geometry[keep]
     df = pd.DataFrame(
         {
             "row": np.arange(len(kept), dtype=np.int64),
-            "image_id": kept["image_id"].astype(str),
+            "image_id": [hash_id(i, cfg["salt"]) for i in kept["image_id"]],
             "split": kept["split"].astype(str),
         }
     )
-    if patient_hashes is not None:
-        df["patient_hash"] = [h for h, k in zip(patient_hashes, keep, strict=True) if k]
+    if cfg["patient_ids"] == "hash":
+        df["patient_hash"] = [hash_patient(p, cfg["salt"]) for p in kept["patient"]]
     for name in reader.label_names:
         df[name] = kept[name].to_numpy(dtype=np.float32)
     geoms = [fit_geometry(int(h), int(w), cfg["size"], cfg["padding"]) for h, w in geo[:, :2]]
@@ -280,25 +279,21 @@ def build_manifest(
     df["orig_h"], df["orig_w"] = geo[:, 0].astype(np.int64), geo[:, 1].astype(np.int64)
     df["scale"], df["pad_x"], df["pad_y"] = geo[:, 2], geo[:, 3].astype(np.int64), geo[:, 4].astype(np.int64)
     df["official_split"] = kept["official_split"].astype(object).where(kept["official_split"].notna(), None)
-    return df.assign(**_extras(kept, reader))
+    return df.assign(**_extras(kept, reader, cfg["salt"]))
 
 
 def build_meta(
-    reader: DatasetFormat,
-    df: pd.DataFrame,
-    result: ReadResult,
-    cfg: dict,
-    protocol: dict,
-    skipped: list[dict],
-    fracs: dict,
+    reader: DatasetFormat, df: pd.DataFrame, result: ReadResult, cfg: dict, protocol: dict, fracs: dict, extra: dict
 ) -> dict[str, Any]:
+    """meta.json: sizes beside the papers', counts, and every problem (``extra``: problems by kind, lost per
+    split, protocol drops; problems name label tables, lines and hashed ids only)."""
     sizes = {s: int((df["split"] == s).sum()) for s in SPLITS}
     paper = reader.paper_split_sizes
     positives = {
         s: {n: int((df.loc[df["split"] == s, n] == 1).sum()) for n in reader.label_names} for s in SPLITS
     }
     return {
-        "format_version": 1,
+        "format_version": 2,
         "dataset": reader.name,
         "title": reader.title,
         "size": cfg["size"],
@@ -315,32 +310,27 @@ def build_meta(
         "positives": positives,
         "protocol": protocol,
         "patient_ids": cfg["patient_ids"],
+        "image_ids": "hash",
+        "skip_bad": bool(cfg["skip_bad"]),
+        "max_skipped_fraction": cfg["max_skipped_fraction"],
         "counts": {
             **{k: int(v) for k, v in result.counts.items()},
             "read": len(result.index),
             "excluded_by_split": protocol["n_excluded"],
-            "skipped_images": len(skipped),
+            "skipped_images": int(sum(extra["lost_per_split"].values())),
         },
-        "skipped": [*result.skipped, *skipped],
+        **extra,
     }
 
 
-def write_store_files(
-    partial: Path, manifest: pd.DataFrame, meta: dict, fractions: dict[int, list[str]]
-) -> dict:
-    """Write manifest.parquet, meta.json and fractions/ into ``partial``; returns {final name: path}."""
-    frac_dir = partial / "fractions"
-    shutil.rmtree(frac_dir, ignore_errors=True)
-    frac_dir.mkdir()
+def write_store_files(store: Path, manifest: pd.DataFrame, meta: dict, fractions: dict[int, list[str]]) -> None:
+    """Write fractions/, meta.json and manifest.parquet into ``store``."""
+    frac_dir = store / "fractions"
+    frac_dir.mkdir(parents=True, exist_ok=True)
     for pct, ids in fractions.items():
         (frac_dir / f"frac_{pct}.txt").write_text("".join(f"{i}\n" for i in ids))
-    (partial / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
-    manifest.to_parquet(partial / "manifest.parquet", index=False)
-    return {
-        "fractions": frac_dir,
-        "meta.json": partial / "meta.json",
-        "manifest.parquet": partial / "manifest.parquet",
-    }
+    (store / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
+    manifest.to_parquet(store / "manifest.parquet", index=False)
 
 
 def _json_default(value: Any) -> Any:
@@ -349,28 +339,58 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"meta.json: cannot serialise {type(value).__name__}")
 
 
-def compact_array(src: Path, keep: np.ndarray, block: int = 1024) -> Path:
-    """``src`` (N, S, S) restricted to rows where ``keep`` (a new file only when rows were dropped)."""
+def compact_array(src: Path, keep: np.ndarray, dst: Path, block: int = 1024) -> None:
+    """``src`` (N, S, S) restricted to the rows where ``keep``, written to ``dst`` (moved when all rows stay)."""
     if keep.all():
-        return src
+        os.replace(src, dst)
+        return
     full = np.load(src, mmap_mode="r")
-    dst = src.with_name(f"kept_{src.name}")
     pos = np.flatnonzero(keep)
     out = np.lib.format.open_memmap(dst, mode="w+", dtype=full.dtype, shape=(len(pos), *full.shape[1:]))
     for a in range(0, len(pos), block):
         out[a : a + block] = full[pos[a : a + block]]
     out.flush()
-    return dst
 
 
-def install_store(partial: Path, out: Path, files: dict[str, Path]) -> None:
-    """Move the finished files into ``out`` (``manifest.parquet`` last, stale masks.npy removed)."""
-    for name in ("images.npy", "masks.npy", "fractions", "meta.json", "manifest.parquet"):
-        target = out / name
-        if target.is_dir() and name in files:
-            shutil.rmtree(target)
-        elif name == "masks.npy" and target.exists() and name not in files:
-            target.unlink()
-        if name in files:
-            os.replace(files[name], target)
-    shutil.rmtree(partial, ignore_errors=True)
+def assemble_store(partial: Path, df: pd.DataFrame, meta: dict, fractions: dict, keep: np.ndarray, masks: bool) -> Path:
+    """The complete new store in ``partial/store`` (arrays from the partial memmaps restricted to ``keep``);
+    its content hash is computed here once (``cxrbench.fingerprint.store_hash``, when that module exists)."""
+    store = partial / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    compact_array(partial / "images.npy", keep, store / "images.npy")
+    if masks:
+        compact_array(partial / "masks.npy", keep, store / "masks.npy")
+    write_store_files(store, df, meta, fractions)
+    try:
+        from cxrbench.fingerprint import store_hash
+    except ImportError:
+        return store
+    store_hash(store)
+    return store
+
+
+def _old(out: Path) -> Path:
+    return out.with_name(out.name + ".old")
+
+
+def recover_swap(out: Path) -> None:
+    """Undo a swap killed between its two renames (the previous store is back at ``out``)."""
+    old = _old(out)
+    if old.exists() and not out.exists():
+        os.replace(old, out)
+    elif old.exists():
+        shutil.rmtree(old)
+
+
+def swap_in(store: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``store`` (two renames; ``recover_swap`` undoes a kill in between), then
+    remove the partial work. Refuses to replace a directory that is not a prepared store."""
+    if out.exists() and any(out.iterdir()) and not any((out / n).exists() for n in STORE_FILES):
+        raise FileExistsError(f"{out}: exists and is not a prepared store; refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        os.replace(out, _old(out))
+    os.replace(store, out)
+    shutil.rmtree(_old(out), ignore_errors=True)
+    shutil.rmtree(store.parent, ignore_errors=True)

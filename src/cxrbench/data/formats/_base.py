@@ -18,7 +18,12 @@ label columns       one float column per name in ``label_names`` (1.0 / 0.0 / Na
 ``shapes``          list of dicts describing mask shapes in original pixels: {"type": "rle", "rle": str} (SIIM,
                     column-major), {"type": "rect"|"ellipse", "xyxy": [...]}, {"type": "polygon", "xy": [x1,y1,...]}.
 ``text``            str report / phrase text where the dataset has one (MIMIC: impression + findings), else None.
+``protocol_drop``   optional: the ``problems.KINDS`` name of a protocol exclusion (e.g. CheXpert 5x200), else None.
+``line``            optional: 1-based line of the row in its label table (named in "no split" messages).
 ==================  =========================================================================================
+
+A row whose values are bad stays in the index (its problem names it) so that the split, computed over the label
+tables as published, never depends on which rows or files are usable; ``prepare`` removes it afterwards.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ class DataFormatError(ValueError):
 
 @dataclass
 class ReadResult:
-    """A raw index plus the rows a reader skipped (each with the file/row and the reason)."""
+    """A raw index (every image the label tables list, bad ones included), the problems found while reading
+    (``cxrbench.data.problems.Problem``; ``problem.image`` names the index row affected) and reader counts."""
 
     index: pd.DataFrame
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Any] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -63,6 +69,9 @@ class DatasetFormat:
     paper_split_sizes: ClassVar[tuple[int, int, int] | None] = None
     #: what a user must download, shown when the raw directory is missing or incomplete
     download_hint: ClassVar[str] = ""
+    #: the table whose ``line`` the raw index records, and where the reference split comes from (for messages)
+    main_table: ClassVar[str] = ""
+    split_source: ClassVar[str] = ""
 
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         """Read the label tables of ``raw_dir`` into a raw index (no pixel decoding)."""

@@ -1,9 +1,9 @@
 """Helpers shared by the dataset readers: checked CSV reading, label parsing, duplicate checks, index
 assembly.
 
-Conventions: "line N" in messages is the 1-based line of the file (the header is line 1). With ``skip_bad``
-a bad
-row is dropped and listed in ``skipped`` as {"file", "line", "id", "reason"} instead of raising.
+Conventions: "line N" in messages is the 1-based line of the file (the header is line 1). A bad row never raises:
+it is recorded in the reader's ``Problems`` (``cxrbench.data.problems``) and the reader keeps the image in its index
+(so the split is computed over the label table as published); ``prepare`` removes it afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.data.formats._base import RAW_COLUMNS, DataFormatError, DatasetFormat
+from cxrbench.data.problems import Problems
 
 
 def find_file(fmt: DatasetFormat, raw_dir: Path, name: str) -> Path:
@@ -46,22 +47,23 @@ def check_columns(df: pd.DataFrame, required: Iterable[str], path: Path) -> None
 
 
 class BadRows:
-    """Collects bad rows of one file: raises at once, or (``skip_bad``) remembers them for ``drop``."""
+    """Records bad rows of one file in ``problems`` (never raises); ``rows`` holds their 0-based positions.
 
-    def __init__(self, path: Path, skip_bad: bool, skipped: list[dict[str, Any]], first_line: int = 2) -> None:
-        self.path, self.skip_bad, self.skipped, self.first_line = path, skip_bad, skipped, first_line
+    ``group``: the index column that ``ident`` refers to when a row describes several images (MIMIC's per-study
+    label table: ``"study_id"``); by default ``ident`` is the image id."""
+
+    def __init__(self, path: Path, problems: Problems, first_line: int = 2, group: str | None = None) -> None:
+        self.path, self.problems, self.first_line, self.group = path, problems, first_line, group
         self.rows: set[int] = set()
 
-    def bad(self, pos: int, reason: str, ident: str | None = None) -> None:
-        """Row at 0-based data position ``pos`` is bad for ``reason``."""
-        line = pos + self.first_line
-        if not self.skip_bad:
-            raise DataFormatError(f"{self.path}: line {line}: {reason}")
+    def bad(self, pos: int, kind: str, detail: str, ident: str | None = None, column: str | None = None) -> None:
+        """Row at 0-based data position ``pos`` is bad (``kind`` from ``problems.KINDS``); ``ident``: its image."""
         self.rows.add(pos)
-        self.skipped.append({"file": str(self.path), "line": line, "id": ident, "reason": reason})
+        where = {"image": ident} if self.group is None or ident is None else {"group": (self.group, ident)}
+        self.problems.add(kind, detail, table=self.path, line=pos + self.first_line, column=column, **where)
 
     def drop(self, df: pd.DataFrame) -> pd.DataFrame:
-        """``df`` (positional rows 0..n-1) without the bad rows."""
+        """``df`` (positional rows 0..n-1) without the bad rows (for rows that are not images, e.g. boxes)."""
         keep = np.ones(len(df), dtype=bool)
         keep[list(self.rows)] = False
         return df[keep]
@@ -70,33 +72,29 @@ class BadRows:
 def parse_labels(
     df: pd.DataFrame, columns: Sequence[str], bad: BadRows, allowed: Sequence[float], ids: pd.Series
 ) -> pd.DataFrame:
-    """Float labels of ``columns`` (blank -> NaN); a value outside ``allowed`` is reported to ``bad``."""
+    """Float labels of ``columns`` (blank -> NaN); a value outside ``allowed`` is a ``bad_label`` (-> NaN)."""
     out = {}
     for col in columns:
         raw = df[col].astype(str).str.strip()
         num = pd.to_numeric(raw, errors="coerce")
         wrong = (raw != "") & ~num.isin(list(allowed))
         for pos in np.flatnonzero(wrong.to_numpy()):
-            bad.bad(
-                int(pos),
-                f"column {col!r}: value {raw.iloc[pos]!r} not in {sorted(allowed)} or blank",
-                str(ids.iloc[pos]),
-            )
+            detail = f"value {raw.iloc[pos]!r}; expected one of {sorted(allowed)} or blank"
+            bad.bad(int(pos), "bad_label", detail, str(ids.iloc[pos]), column=col)
         out[col] = num.where(~wrong).astype(float).to_numpy()
     return pd.DataFrame(out, index=df.index)
 
 
-def check_unique(ids: pd.Series, bad: BadRows, what: str = "image id") -> None:
-    """Duplicated ids are an error naming them (or, with skip_bad, all but the first are reported as bad)."""
+def check_unique(ids: pd.Series, bad: BadRows, what: str = "image id") -> np.ndarray:
+    """Every row after the first with the same id is a ``duplicate_id``; returns the boolean mask of first rows."""
     dup = ids.duplicated(keep="first").to_numpy()
-    if not dup.any():
-        return
-    names = sorted(set(ids[dup].astype(str)))
-    if not bad.skip_bad:
-        shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
-        raise DataFormatError(f"{bad.path}: duplicated {what}(s): {shown}")
+    first = {}
+    for pos, value in enumerate(ids):
+        first.setdefault(value, pos)
     for pos in np.flatnonzero(dup):
-        bad.bad(int(pos), f"duplicated {what} {ids.iloc[pos]!r}", str(ids.iloc[pos]))
+        line = first[ids.iloc[pos]] + bad.first_line
+        bad.bad(int(pos), "duplicate_id", f"{what} already on line {line} (that row is kept)", str(ids.iloc[pos]))
+    return ~dup
 
 
 def empty_lists(n: int) -> list[list]:

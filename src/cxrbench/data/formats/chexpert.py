@@ -17,6 +17,7 @@ import pandas as pd
 
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, check_unique, make_index, parse_labels, read_csv
+from cxrbench.data.problems import Problems
 from cxrbench.registry import DATASETS
 
 ALL_LABELS = (
@@ -66,40 +67,39 @@ class CheXpert(DatasetFormat):
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         folder = options.get("folder") or next((f for f in FOLDERS if (Path(raw_dir) / f).is_dir()), FOLDERS[0])
         files = self.require(raw_dir, f"{folder}/train.csv", f"{folder}/valid.csv")
-        skipped: list[dict[str, Any]] = []
-        parts, counts = [], {}
+        problems = Problems(Path(raw_dir))
+        parts, counts = [], {"protocol_non_frontal": 0}
         for path, split in zip(files, ("train", "valid"), strict=True):
-            frame, lateral = self._read(path, split, bool(options.get("skip_bad", False)), skipped)
+            frame, lateral = self._read(path, split, problems)
             parts.append(frame)
             counts[f"{split}_rows"], counts[f"{split}_lateral_dropped"] = len(frame) + lateral, lateral
+            counts["protocol_non_frontal"] += lateral
         frame = pd.concat(parts, ignore_index=True)
         frame["in_5x200"] = five_x200(frame, int(options.get("n_5x200", 200)))
+        frame["protocol_drop"] = np.where(frame["in_5x200"], "protocol_chexpert_5x200", None)
         index = make_index({c: frame[c] for c in frame.columns}, self.label_names, len(frame))
         counts.update(
             images=len(index),
             in_5x200=int(index["in_5x200"].sum()),
             patients=int(index["patient"].nunique()),
-            skipped=len(skipped),
         )
-        return ReadResult(index, skipped, counts)
+        return ReadResult(index, problems.items, counts)
 
     @staticmethod
-    def _read(path: Path, split: str, skip_bad: bool, skipped: list) -> tuple[pd.DataFrame, int]:
+    def _read(path: Path, split: str, problems: Problems) -> tuple[pd.DataFrame, int]:
+        """Frontal rows of one csv (a row with an invalid view is kept as frontal, flagged); lateral count."""
         df = read_csv(path, COLUMNS)
-        bad = BadRows(path, skip_bad, skipped)
-        ids = df["Path"].str.strip()
-        check_unique(ids, bad, "Path")
+        bad = BadRows(path, problems)
+        ids = pd.Series([i.strip() or f"?line{k + 2}" for k, i in enumerate(df["Path"])], index=df.index)
+        for pos in np.flatnonzero(ids.str.startswith("?line").to_numpy()):
+            bad.bad(int(pos), "no_image_id", "empty Path", ids.iloc[pos], "Path")
+        first = check_unique(ids, bad, "Path")
         raw = parse_labels(df, ALL_LABELS, bad, (1.0, 0.0, -1.0), ids)
         view = df["Frontal/Lateral"].str.strip()
         for pos in np.flatnonzero(~view.isin(["Frontal", "Lateral"]).to_numpy()):
-            bad.bad(
-                int(pos),
-                f"column 'Frontal/Lateral': {view.iloc[pos]!r} not Frontal or Lateral",
-                ids.iloc[pos],
-            )
-        keep = np.ones(len(df), dtype=bool)
-        keep[list(bad.rows)] = False
-        frontal = keep & (view == "Frontal").to_numpy()
+            detail = f"value {view.iloc[pos]!r}; expected Frontal or Lateral"
+            bad.bad(int(pos), "bad_value", detail, ids.iloc[pos], "Frontal/Lateral")
+        frontal = first & (view != "Lateral").to_numpy()
         labels = map_uncertain(raw[frontal])
         out = pd.DataFrame(
             {
@@ -109,10 +109,11 @@ class CheXpert(DatasetFormat):
                 "official_split": split,
                 "view": df["AP/PA"][frontal],
                 "order": np.flatnonzero(frontal),
+                "line": np.flatnonzero(frontal) + 2,
             }
         )
         out = pd.concat([out, labels], axis=1).reset_index(drop=True)
-        return out, int((keep & (view == "Lateral").to_numpy()).sum())
+        return out, int((first & (view == "Lateral").to_numpy()).sum())
 
     def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
         """5x200 rows -> None (excluded); official valid.csv frontal -> test; of the remaining train rows,

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
-from cxrbench.data.formats._util import BadRows, check_unique, make_index, official_test_then_holdout
+from cxrbench.data.formats._util import BadRows, make_index, official_test_then_holdout
+from cxrbench.data.problems import Problems
 from cxrbench.registry import DATASETS
 
 CLASSES = ("normal", "pneumonia", "COVID-19")
@@ -31,24 +32,24 @@ class COVIDx(DatasetFormat):
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         names = options.get("train_list", "train_COVIDx9A.txt"), options.get("test_list", "test_COVIDx9A.txt")
         files = self.require(raw_dir, *names)
-        skipped: list[dict[str, Any]] = []
-        skip_bad = bool(options.get("skip_bad", False))
-        frames = [
-            self._read_list(p, split, skip_bad, skipped) for p, split in zip(files, ("train", "test"), strict=True)
-        ]
+        problems = Problems(Path(raw_dir))
+        frames = [self._read_list(p, split, problems) for p, split in zip(files, ("train", "test"), strict=True)]
         frame = pd.concat(frames, ignore_index=True)
-        bad = BadRows(files[0].parent / " + ".join(names), skip_bad, skipped)
-        check_unique(frame["file"], bad, "filename")
-        frame = bad.drop(frame)
+        for value in frame["file"][frame["file"].duplicated(keep="first")].unique():
+            lines = frame.loc[frame["file"] == value, ["list", "line"]].to_numpy().tolist()
+            problems.add("duplicate_id", f"filename on {len(lines)} lines {lines} (the first is kept)",
+                         table=Path(raw_dir) / lines[1][0], line=lines[1][1], image=value)
+        frame = frame[~frame["file"].duplicated(keep="first")]
         onehot = {c: (frame["cls"] == c).to_numpy(dtype=float) for c in CLASSES}
         index = make_index(
             {
                 "image_id": frame["file"],
-                "path": frame["folder"] + "/" + frame["file"],
+                "path": (frame["folder"] + "/" + frame["file"]).where(~frame["file"].str.startswith("?"), None),
                 "patient": frame["patient"],
                 "official_split": frame["folder"],
                 "data_source": frame["source"],
                 "order": frame["line"],
+                "line": frame["line"],
                 **onehot,
             },
             self.label_names,
@@ -59,29 +60,32 @@ class COVIDx(DatasetFormat):
             for s in ("train", "test")
             for c in CLASSES
         }
-        counts.update(images=len(index), skipped=len(skipped))
-        return ReadResult(index, skipped, counts)
+        counts.update(images=len(index))
+        return ReadResult(index, problems.items, counts)
 
     @staticmethod
-    def _read_list(path: Path, folder: str, skip_bad: bool, skipped: list) -> pd.DataFrame:
-        bad = BadRows(path, skip_bad, skipped, first_line=1)
+    def _read_list(path: Path, folder: str, problems: Problems) -> pd.DataFrame:
+        """The rows of one list file; a malformed line stays as a placeholder row (its position counts in the
+        reference split), flagged."""
+        bad = BadRows(path, problems, first_line=1)
         rows = []
-        for pos, line in enumerate(path.read_text().splitlines()):
+        text = path.read_text()
+        if not text.strip():
+            raise DataFormatError(f"{path}: empty label file; expected lines 'patient_id filename class source'")
+        for pos, line in enumerate(text.splitlines()):
             if not line.strip():
                 continue
             fields = line.split()
             if len(fields) != 4:
-                bad.bad(
-                    pos,
-                    f"expected 4 space-separated fields 'patient_id filename class source', got {len(fields)}",
-                )
+                ident = f"?{path.name}:{pos + 1}"
+                bad.bad(pos, "malformed_line", f"{len(fields)} space-separated fields; expected 4 "
+                        "'patient_id filename class source'", ident)
+                fields = [None, ident, None, None]
             elif fields[2] not in CLASSES:
-                bad.bad(pos, f"class {fields[2]!r} not in {list(CLASSES)}", fields[1])
-            else:
-                rows.append((fields[0], fields[1], fields[2], fields[3], folder, pos))
-        if not rows and not path.read_text().strip():
-            raise DataFormatError(f"{path}: empty label file")
-        return pd.DataFrame(rows, columns=["patient", "file", "cls", "source", "folder", "line"])
+                bad.bad(pos, "bad_label", f"class {fields[2]!r}; expected one of {list(CLASSES)}", fields[1],
+                        "class (3rd field)")
+            rows.append((*fields, folder, pos + 1, path.name))
+        return pd.DataFrame(rows, columns=["patient", "file", "cls", "source", "folder", "line", "list"])
 
     def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
         """Rows of the train file in file order: ``train_test_split(rows, train_size=0.8, random_state=0)`` ->

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
+from cxrbench.data.formats._base import DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, make_index, read_csv
+from cxrbench.data.problems import Problems
 from cxrbench.registry import DATASETS
 
 CSV = "MS_CXR_Local_Alignment_v1.1.0.csv"
@@ -59,6 +60,8 @@ class MSCXR(DatasetFormat):
     label_kind = "multiclass"
     has_boxes = True
     has_text = True
+    main_table = "MS_CXR_Local_Alignment_v1.1.0.csv"
+    split_source = "its split column"
     download_hint = (
         f"Download MS-CXR v1.1.0 from PhysioNet and put {CSV} in the raw directory (params key "
         "data.datasets.ms_cxr.raw); its images are read from the MIMIC-CXR-JPG raw directory (option "
@@ -71,50 +74,39 @@ class MSCXR(DatasetFormat):
         root = Path(options.get("images_root") or Path(raw_dir).resolve().parent / "mimic").resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"{self.title}: images_root {root} does not exist. {self.download_hint}")
-        skipped: list[dict[str, Any]] = []
+        problems = Problems(Path(raw_dir))
         df = read_csv(path, COLUMNS).apply(lambda c: c.str.strip())
-        bad = BadRows(path, bool(options.get("skip_bad", False)), skipped)
+        bad = BadRows(path, problems, group="dicom_id")
         xywh = df[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
         for pos in range(len(df)):
-            if df["category_name"].iloc[pos] not in CATEGORIES:
-                bad.bad(
-                    pos,
-                    f"column 'category_name': {df['category_name'].iloc[pos]!r} not in {list(CATEGORIES)}",
-                    df["dicom_id"].iloc[pos],
-                )
+            row = df.iloc[pos]
+            if row["category_name"] not in CATEGORIES:
+                detail = f"value {row['category_name']!r}; expected one of {list(CATEGORIES)}"
+                bad.bad(pos, "bad_label", detail, row["dicom_id"], "category_name")
             elif not np.isfinite(xywh[pos]).all() or (xywh[pos, 2:] <= 0).any():
-                bad.bad(
-                    pos,
-                    f"columns x,y,w,h: bad box {df.iloc[pos][['x', 'y', 'w', 'h']].tolist()}",
-                    df["dicom_id"].iloc[pos],
-                )
-            elif df["split"].iloc[pos] not in SPLITS:
-                bad.bad(
-                    pos,
-                    f"column 'split': {df['split'].iloc[pos]!r} not train/val/test",
-                    df["dicom_id"].iloc[pos],
-                )
-        frame = df.assign(box=[[x, y, x + w, y + h] for x, y, w, h in xywh.tolist()])
-        frame = bad.drop(frame)
-        index = self._group(frame, root, path)
+                detail = f"bad box {row[['x', 'y', 'w', 'h']].tolist()}; expected numbers with w, h > 0"
+                bad.bad(pos, "bad_box", detail, row["dicom_id"], "x,y,w,h")
+            elif row["split"] not in SPLITS:
+                detail = f"value {row['split']!r}; expected one of {sorted(SPLITS)}"
+                bad.bad(pos, "bad_value", detail, row["dicom_id"], "split")
+        frame = df.assign(box=[[x, y, x + w, y + h] for x, y, w, h in xywh.tolist()], line=np.arange(len(df)) + 2)
+        index = self._group(bad.drop(frame), root, path, problems)
         counts = {
             "rows": len(df),
             "images": int(index["dicom_id"].nunique()),
             "phrases": len(index),
             "boxes": int(index["boxes"].map(len).sum()),
-            "skipped": len(skipped),
         }
-        return ReadResult(index, skipped, counts)
+        return ReadResult(index, problems.items, counts)
 
-    def _group(self, frame: pd.DataFrame, root: Path, path: Path) -> pd.DataFrame:
+    def _group(self, frame: pd.DataFrame, root: Path, path: Path, problems: Problems) -> pd.DataFrame:
         rows = []
         for (dicom, text), g in frame.groupby(["dicom_id", "label_text"], sort=False):
             for col in ("category_name", "path", "split"):
                 if g[col].nunique() > 1:
-                    raise DataFormatError(
-                        f"{path}: dicom_id {dicom!r}, phrase {text!r}: conflicting {col} values "
-                        f"{sorted(g[col].unique())}"
-                    )
+                    problems.add("conflicting_rows", f"phrase {text!r}: conflicting {col} values "
+                                 f"{sorted(g[col].unique())}", table=path, line=int(g["line"].iloc[1]),
+                                 column=col, group=("dicom_id", dicom))
             first = g.iloc[0]
             m = _SUBJECT.search(first["path"])
             rows.append(
@@ -124,26 +116,16 @@ class MSCXR(DatasetFormat):
                     "path": str(root / first["path"]),
                     "patient": m.group(1) if m else None,
                     "official_split": SPLITS[first["split"]],
+                    "line": int(first["line"]),
                     "boxes": g["box"].tolist(),
                     "category": first["category_name"],
                     "image_width": float(first["image_width"] or "nan"),
                     "image_height": float(first["image_height"] or "nan"),
                 }
             )
-        out = pd.DataFrame(
-            rows,
-            columns=[
-                "dicom_id",
-                "text",
-                "path",
-                "patient",
-                "official_split",
-                "boxes",
-                "category",
-                "image_width",
-                "image_height",
-            ],
-        )
+        columns = ["dicom_id", "text", "path", "patient", "official_split", "line", "boxes", "category",
+                   "image_width", "image_height"]
+        out = pd.DataFrame(rows, columns=columns)
         out["image_id"] = out["dicom_id"] + "#" + out.groupby("dicom_id").cumcount().astype(str)
         for c in CATEGORIES:
             out[c] = (out["category"] == c).astype(float)

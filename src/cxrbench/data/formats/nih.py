@@ -20,6 +20,7 @@ import pandas as pd
 
 from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, check_columns, check_unique, make_index
+from cxrbench.data.problems import Problems
 from cxrbench.data.splits import group_holdout
 from cxrbench.registry import DATASETS
 
@@ -92,6 +93,8 @@ class NIHChestXray14(DatasetFormat):
     label_kind = "multilabel"
     has_boxes = True
     paper_split_sizes = (77872, 8652, 25596)
+    main_table = "Data_Entry_2017.csv"
+    split_source = "train_val_list.txt or test_list.txt"
     download_hint = (
         "Download NIH ChestX-ray14 (Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, "
         "test_list.txt and "
@@ -101,29 +104,31 @@ class NIHChestXray14(DatasetFormat):
 
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         entry, bbox, tv, test = self.require(raw_dir, ENTRY, BBOX, TRAIN_VAL, TEST)
-        skipped: list[dict[str, Any]] = []
-        skip_bad = bool(options.get("skip_bad", False))
+        problems = Problems(Path(raw_dir))
         df = read_bracketed_csv(entry, ["Image Index", "Finding Labels", "Patient ID"])
-        bad = BadRows(entry, skip_bad, skipped)
-        ids = df["Image Index"].str.strip()
-        check_unique(ids, bad)
+        bad = BadRows(entry, problems)
+        ids = pd.Series([i.strip() or f"?line{k + 2}" for k, i in enumerate(df["Image Index"])], index=df.index)
+        for pos in np.flatnonzero(ids.str.startswith("?line").to_numpy()):
+            bad.bad(int(pos), "no_image_id", "empty Image Index", ids.iloc[pos], "Image Index")
+        first = check_unique(ids, bad)
         labels = self._labels(df["Finding Labels"], ids, bad)
-        keep = ~np.isin(np.arange(len(df)), list(bad.rows))
-        ids, labels, patient = ids[keep], labels[keep], df["Patient ID"].str.strip()[keep]
-        official = self._official(tv, test, set(ids))
-        boxes, box_labels = self._boxes(bbox, set(ids), skip_bad, skipped)
+        lines = np.arange(len(df)) + 2
+        ids, labels, patient, lines = ids[first], labels[first], df["Patient ID"].str.strip()[first], lines[first]
+        official = self._official(tv, test, list(ids), problems)
+        boxes, box_labels = self._boxes(bbox, set(ids), problems)
         index = make_index(
             {
                 "image_id": ids,
                 "path": "images/" + ids,
                 "patient": patient,
                 "official_split": ids.map(official),
+                "line": lines,
                 "boxes": [boxes.get(i, []) for i in ids],
                 "box_labels": [box_labels.get(i, []) for i in ids],
                 **{name: labels[:, k] for k, name in enumerate(LABELS)},
             },
             LABELS,
-            int(keep.sum()),
+            int(first.sum()),
         )
         counts = {
             "images": len(index),
@@ -131,9 +136,8 @@ class NIHChestXray14(DatasetFormat):
             "train_val": int((index["official_split"] == "train").sum()),
             "test": int((index["official_split"] == "test").sum()),
             "boxes": int(index["boxes"].map(len).sum()),
-            "skipped": len(skipped),
         }
-        return ReadResult(index, skipped, counts)
+        return ReadResult(index, problems.items, counts)
 
     @staticmethod
     def _labels(col: pd.Series, ids: pd.Series, bad: BadRows) -> np.ndarray:
@@ -143,7 +147,9 @@ class NIHChestXray14(DatasetFormat):
             names = [t.strip() for t in str(text).split("|")]
             wrong = [n for n in names if n not in known and n != "No Finding"]
             if wrong:
-                bad.bad(pos, f"column 'Finding Labels': unknown label(s) {wrong}", str(ids.iloc[pos]))
+                detail = f"unknown label(s) {wrong}; expected '|'-joined names of {list(LABELS)} or 'No Finding'"
+                bad.bad(pos, "bad_label", detail, str(ids.iloc[pos]), "Finding Labels")
+                out[pos] = np.nan
                 continue
             for n in names:
                 if n in known:
@@ -151,19 +157,20 @@ class NIHChestXray14(DatasetFormat):
         return out
 
     @staticmethod
-    def _official(tv: Path, test: Path, ids: set[str]) -> dict[str, str]:
-        lists = {
-            s: [x.strip() for x in p.read_text().splitlines() if x.strip()] for s, p in (("train", tv), ("test", test))
-        }
-        both = sorted(set(lists["train"]) & set(lists["test"]))
-        if both:
-            raise DataFormatError(f"{tv} and {test}: image(s) in both lists: {', '.join(both[:10])}")
-        return {i: s for s, names in lists.items() for i in names if i in ids}
+    def _official(tv: Path, test: Path, ids: list[str], problems: Problems) -> dict[str, str]:
+        """{image: "train" | "test"} from the two list files; an image in both is an ``in_both_lists`` problem."""
+        lists = {s: [x.strip() for x in p.read_text().splitlines()] for s, p in (("train", tv), ("test", test))}
+        where = {s: {name: k + 1 for k, name in enumerate(names) if name} for s, names in lists.items()}
+        known = set(ids)
+        for name in sorted(set(where["train"]) & set(where["test"]) & known):
+            problems.add("in_both_lists", f"also on line {where['train'][name]} of {TRAIN_VAL}; expected one list",
+                         table=test, line=where["test"][name], image=name)
+        return {i: s for s, names in where.items() for i in names if i in known}
 
     @staticmethod
-    def _boxes(path: Path, ids: set[str], skip_bad: bool, skipped: list) -> tuple[dict, dict]:
+    def _boxes(path: Path, ids: set[str], problems: Problems) -> tuple[dict, dict]:
         df = read_bracketed_csv(path, ["Image Index", "Finding Label", "Bbox [x]", "Bbox [y]", "Bbox [w]", "Bbox [h]"])
-        bad = BadRows(path, skip_bad, skipped)
+        bad = BadRows(path, problems)
         boxes: dict[str, list] = {}
         labels: dict[str, list] = {}
         xywh = df[["Bbox [x]", "Bbox [y]", "Bbox [w]", "Bbox [h]"]].apply(pd.to_numeric, errors="coerce")
@@ -173,11 +180,13 @@ class NIHChestXray14(DatasetFormat):
             lab = ALIASES.get(lab, lab)
             x, y, w, h = xywh.iloc[pos].to_numpy(dtype=float)
             if lab not in LABELS:
-                bad.bad(pos, f"column 'Finding Label': unknown label {lab!r}", iid)
+                bad.bad(pos, "box_bad_row", f"unknown label {lab!r}; expected one of {list(LABELS)}", iid,
+                        "Finding Label")
             elif not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
-                bad.bad(pos, f"column 'Bbox [x,y,w,h]': bad box {df.iloc[pos, 2:6].tolist()}", iid)
+                detail = f"bad box {df.iloc[pos, 2:6].tolist()}; expected numbers with w, h > 0"
+                bad.bad(pos, "box_bad_row", detail, iid, "Bbox [x,y,w,h]")
             elif iid not in ids:
-                skipped.append({"file": str(path), "line": pos + 2, "id": iid, "reason": f"not in {ENTRY}"})
+                bad.bad(pos, "box_unknown_image", f"image {iid!r} is not in {ENTRY}", None, "Image Index")
             else:
                 boxes.setdefault(iid, []).append([x, y, x + w, y + h])
                 labels.setdefault(iid, []).append(lab)

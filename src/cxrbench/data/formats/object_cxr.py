@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
-from cxrbench.data.formats._util import BadRows, check_unique, make_index, official_test_then_holdout, read_csv
+from cxrbench.data.formats._util import BadRows, make_index, official_test_then_holdout, read_csv
+from cxrbench.data.problems import Problems
 from cxrbench.registry import DATASETS
 
 TYPES = {0: "rect", 1: "ellipse", 2: "polygon"}
@@ -67,49 +68,51 @@ class ObjectCXR(DatasetFormat):
 
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         files = self.require(raw_dir, "train.csv", "dev.csv")
-        skipped: list[dict[str, Any]] = []
-        parts = [
-            self._read(p, folder, bool(options.get("skip_bad", False)), skipped)
-            for p, folder in zip(files, ("train", "dev"), strict=True)
-        ]
+        problems = Problems(Path(raw_dir))
+        parts = [self._read(p, folder, problems) for p, folder in zip(files, ("train", "dev"), strict=True)]
         frame = pd.concat(parts, ignore_index=True)
-        bad = BadRows(Path(raw_dir) / "train.csv + dev.csv", bool(options.get("skip_bad", False)), skipped)
-        check_unique(frame["image_id"], bad)
-        frame = bad.drop(frame)
+        for value in frame["image_id"][frame["image_id"].duplicated(keep="first")].unique():
+            lines = frame.loc[frame["image_id"] == value, ["table", "line"]].to_numpy().tolist()
+            problems.add("duplicate_id", f"image_name on {len(lines)} lines {lines} (the first is kept)",
+                         table=Path(raw_dir) / lines[1][0], line=lines[1][1], image=value)
+        frame = frame[~frame["image_id"].duplicated(keep="first")].drop(columns="table")
         index = make_index({c: frame[c] for c in frame.columns}, self.label_names, len(frame))
         counts = {
             "images": len(index),
             "positive": int(index["Foreign object"].sum()),
             "objects": int(index["boxes"].map(len).sum()),
-            "skipped": len(skipped),
         }
-        return ReadResult(index, skipped, counts)
+        return ReadResult(index, problems.items, counts)
 
     @staticmethod
-    def _read(path: Path, folder: str, skip_bad: bool, skipped: list) -> pd.DataFrame:
+    def _read(path: Path, folder: str, problems: Problems) -> pd.DataFrame:
         df = read_csv(path, ["image_name", "annotation"])
-        bad = BadRows(path, skip_bad, skipped)
+        bad = BadRows(path, problems)
         rows = []
         for pos, (name, ann) in enumerate(zip(df["image_name"].str.strip(), df["annotation"], strict=True)):
+            name = name or f"?{path.name}:{pos + 2}"
             try:
                 boxes, shapes = parse_annotation(ann)
             except ValueError as err:
-                bad.bad(pos, f"image {name!r}, column 'annotation': {err}", name)
-                continue
+                bad.bad(pos, "malformed_annotation", str(err), name, "annotation")
+                boxes, shapes = [], []
+            if name.startswith("?"):
+                bad.bad(pos, "no_image_id", "empty image_name", name, "image_name")
             rows.append(
                 {
                     "image_id": name,
-                    "path": f"{folder}/{name}",
+                    "path": None if name.startswith("?") else f"{folder}/{name}",
                     "boxes": boxes,
                     "shapes": shapes,
                     "official_split": "train" if folder == "train" else "test",
                     "order": pos,
+                    "line": pos + 2,
+                    "table": path.name,
                     "Foreign object": float(bool(boxes)),
                 }
             )
-        return pd.DataFrame(
-            rows, columns=["image_id", "path", "boxes", "shapes", "official_split", "order", "Foreign object"]
-        )
+        columns = ["image_id", "path", "boxes", "shapes", "official_split", "order", "line", "table", "Foreign object"]
+        return pd.DataFrame(rows, columns=columns)
 
     def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
         """dev.csv = test; rows of train.csv in file order: ``train_test_split(rows, test_size=0.2,

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
+from cxrbench.data.formats._base import DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, make_index, parse_labels, read_csv
+from cxrbench.data.problems import Problems
 from cxrbench.data.splits import sklearn_three_way
 from cxrbench.registry import DATASETS
 
@@ -37,6 +38,7 @@ class RSNAPneumonia(DatasetFormat):
     has_boxes = True
     has_masks = True  # boxes filled as masks for segmentation
     paper_split_sizes = (16010, 5337, 5337)
+    main_table = "stage_2_train_labels.csv"
     download_hint = (
         "Download the Kaggle 'rsna-pneumonia-detection-challenge' data (stage 2) and put "
         "stage_2_train_labels.csv and "
@@ -46,21 +48,24 @@ class RSNAPneumonia(DatasetFormat):
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         (path,) = self.require(raw_dir, LABELS)
         self.require(raw_dir, "stage_2_train_images")
-        skipped: list[dict[str, Any]] = []
+        problems = Problems(Path(raw_dir))
         df = read_csv(path, ["patientId", "x", "y", "width", "height", "Target"])
-        bad = BadRows(path, bool(options.get("skip_bad", False)), skipped)
+        df["patientId"] = [i.strip() or f"?line{k + 2}" for k, i in enumerate(df["patientId"])]
+        bad = BadRows(path, problems)
+        for pos in np.flatnonzero(df["patientId"].str.startswith("?line").to_numpy()):
+            bad.bad(int(pos), "no_image_id", "empty patientId", df["patientId"].iloc[pos], "patientId")
         target = parse_labels(df, ["Target"], bad, (0.0, 1.0), df["patientId"])["Target"]
         boxes = self._boxes(df, target, bad)
-        self._check_groups(df, target, bad)
-        keep = bad.drop(pd.DataFrame({"id": df["patientId"], "t": target, "b": boxes}))
-        keep = keep[~keep["id"].isin({s["id"] for s in skipped})]
-        groups = keep.groupby("id", sort=False)
+        self._check_groups(df, target, problems, path)
+        frame = pd.DataFrame({"id": df["patientId"], "t": target, "b": boxes, "line": np.arange(len(df)) + 2})
+        groups = frame.groupby("id", sort=False)
         ids = list(groups.groups)
         index = make_index(
             {
                 "image_id": ids,
                 "path": [f"stage_2_train_images/{i}.dcm" for i in ids],
                 "boxes": [[b for b in g["b"] if b is not None] for _, g in groups],
+                "line": groups["line"].min().reindex(ids).to_numpy(),
                 "Pneumonia": groups["t"].max().reindex(ids).to_numpy(dtype=float),
             },
             self.label_names,
@@ -71,9 +76,8 @@ class RSNAPneumonia(DatasetFormat):
             "images": len(index),
             "positive": int((index["Pneumonia"] == 1).sum()),
             "boxes": int(index["boxes"].map(len).sum()),
-            "skipped": len(skipped),
         }
-        return ReadResult(index, skipped, counts)
+        return ReadResult(index, problems.items, counts)
 
     @staticmethod
     def _boxes(df: pd.DataFrame, target: pd.Series, bad: BadRows) -> list[list[float] | None]:
@@ -82,35 +86,30 @@ class RSNAPneumonia(DatasetFormat):
         blank = (coords == "").to_numpy()
         out: list[list[float] | None] = []
         for pos in range(len(df)):
-            pid = str(df["patientId"].iloc[pos])
+            pid, got = str(df["patientId"].iloc[pos]), coords.iloc[pos].tolist()
+            box = None
             if target.iloc[pos] == 1:
                 if np.isnan(num[pos]).any() or (num[pos, 2:] <= 0).any():
-                    bad.bad(
-                        pos,
-                        f"Target 1 needs a box with x, y and positive width, height; got {coords.iloc[pos].tolist()}",
-                        pid,
-                    )
-                    out.append(None)
-                    continue
-                x, y, w, h = num[pos]
-                out.append([x, y, x + w, y + h])
-            else:
-                if not blank[pos].all():
-                    bad.bad(pos, f"Target 0 row has box fields {coords.iloc[pos].tolist()}", pid)
-                out.append(None)
+                    detail = f"Target 1 needs numbers x, y and positive width, height; got {got}"
+                    bad.bad(pos, "bad_box", detail, pid, "x,y,width,height")
+                else:
+                    x, y, w, h = num[pos]
+                    box = [x, y, x + w, y + h]
+            elif target.iloc[pos] == 0 and not blank[pos].all():
+                bad.bad(pos, "bad_value", f"Target 0 row has box fields {got}; expected them blank", pid,
+                        "x,y,width,height")
+            out.append(box)
         return out
 
     @staticmethod
-    def _check_groups(df: pd.DataFrame, target: pd.Series, bad: BadRows) -> None:
-        """A negative image must have exactly one row (a duplicated negative or mixed Target is an error)."""
+    def _check_groups(df: pd.DataFrame, target: pd.Series, problems: Problems, path: Path) -> None:
+        """A negative image must have exactly one row (a repeated negative or a mixed Target is a conflict)."""
         frame = pd.DataFrame({"id": df["patientId"].to_numpy(), "t": target.to_numpy()})
-        sizes = frame.groupby("id", sort=False)["t"].agg(["size", "min", "max"])
-        wrong = sizes[(sizes["min"] == 0) & (sizes["size"] > 1)].index.tolist()
-        if wrong and not bad.skip_bad:
-            raise DataFormatError(f"{bad.path}: duplicated image id(s) with a negative row: {', '.join(wrong[:10])}")
-        for pid in wrong:
-            for pos in np.flatnonzero((frame["id"] == pid).to_numpy()):
-                bad.bad(int(pos), f"duplicated image id {pid!r} with a negative row", pid)
+        sizes = frame.groupby("id", sort=False)["t"].agg(["size", "min"])
+        for pid in sizes[(sizes["min"] == 0) & (sizes["size"] > 1)].index:
+            lines = (np.flatnonzero((frame["id"] == pid).to_numpy()) + 2).tolist()
+            problems.add("conflicting_rows", f"a negative (Target 0) row among {len(lines)} rows (lines {lines}); "
+                         "expected one row per negative image", table=path, line=lines[1], image=pid)
 
     def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
         """Unique patientIds sorted ascending; ``train_test_split(ids, test_size, random_state=0)`` ->

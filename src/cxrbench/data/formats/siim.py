@@ -17,6 +17,7 @@ import pandas as pd
 
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, make_index, read_csv
+from cxrbench.data.problems import Problems
 from cxrbench.data.rle import EMPTY, rle_check
 from cxrbench.data.splits import sklearn_three_way
 from cxrbench.registry import DATASETS
@@ -57,6 +58,7 @@ class SIIMPneumothorax(DatasetFormat):
     label_kind = "multilabel"
     has_masks = True
     paper_split_sizes = (8433, 1807, 1807)
+    main_table = "train-rle.csv"
     download_hint = (
         "Download the SIIM-ACR Pneumothorax Segmentation data (train-rle.csv and the dicom-images-train/ "
         "tree of "
@@ -65,44 +67,51 @@ class SIIMPneumothorax(DatasetFormat):
 
     def read(self, raw_dir: Path, options: dict[str, Any]) -> ReadResult:
         path, images = self.require(raw_dir, LABELS, IMAGES)
-        skipped: list[dict[str, Any]] = []
+        problems = Problems(Path(raw_dir))
         df = read_csv(path, ["ImageId", "EncodedPixels"], strip_names=True)
-        bad = BadRows(path, bool(options.get("skip_bad", False)), skipped)
-        ids = df["ImageId"].str.strip()
+        bad = BadRows(path, problems)
+        ids = [i if i else f"?line{pos + 2}" for pos, i in enumerate(df["ImageId"].str.strip())]
         rles = df["EncodedPixels"].str.strip()
         for pos, (iid, rle) in enumerate(zip(ids, rles, strict=True)):
-            if iid == "":
-                bad.bad(pos, "empty ImageId", None)
+            if iid.startswith("?line"):
+                bad.bad(pos, "no_image_id", "empty ImageId; expected the SOPInstanceUID", iid, "ImageId")
                 continue
             try:
                 rle_check(rle)
             except ValueError as err:
-                bad.bad(pos, f"column 'EncodedPixels' of {iid!r}: {err}", iid)
-        bad_ids = {s["id"] for s in skipped}
-        frame = bad.drop(pd.DataFrame({"id": ids, "rle": rles}))
-        frame = frame[~frame["id"].isin(bad_ids)]
-        counts = {"rows": len(df), **row_split_sizes(list(frame["id"]), int(options.get("random_state", 0)))}
-        index = self._index(frame, dicom_paths(images), skipped, path)
-        counts.update(images=len(index), positive=int(index["Pneumothorax"].sum()), skipped=len(skipped))
-        return ReadResult(index, skipped, counts)
+                bad.bad(pos, "malformed_rle", str(err), iid, "EncodedPixels")
+        ok = ~np.isin(np.arange(len(df)), list(bad.rows))
+        frame = pd.DataFrame({"id": ids, "rle": rles, "ok": ok, "line": np.arange(len(df)) + 2})
+        counts = {"rows": len(df), **row_split_sizes(ids, int(options.get("random_state", 0)))}
+        files = dicom_paths(images)
+        index = self._index(frame, files, problems, path)
+        counts.update(
+            images=len(index),
+            positive=int(index["Pneumothorax"].sum()),
+            dicoms_without_row=len(set(files) - set(ids)),
+        )
+        return ReadResult(index, problems.items, counts)
 
-    def _index(self, frame: pd.DataFrame, files: dict[str, str], skipped: list, path: Path) -> pd.DataFrame:
-        groups = frame.groupby("id", sort=False)["rle"]
-        ids, paths, shapes, order = [], [], [], []
-        for k, (iid, rles) in enumerate(groups):
-            if iid not in files:
-                skipped.append({"file": str(path), "line": None, "id": iid, "reason": f"no {IMAGES}/**/{iid}.dcm"})
-                continue
+    def _index(self, frame: pd.DataFrame, files: dict[str, str], problems: Problems, path: Path) -> pd.DataFrame:
+        """One row per ImageId (order of first appearance), whether or not its DICOM is present."""
+        groups = frame.groupby("id", sort=False)
+        ids, paths, shapes, lines = [], [], [], []
+        for iid, g in groups:
             ids.append(iid)
-            paths.append(files[iid])
-            shapes.append([{"type": "rle", "rle": r} for r in rles if r not in (EMPTY, "")])
-            order.append(k)
+            paths.append(files.get(iid))
+            shapes.append([{"type": "rle", "rle": r} for r, ok in zip(g["rle"], g["ok"], strict=True)
+                           if ok and r not in (EMPTY, "")])
+            lines.append(int(g["line"].iloc[0]))
+            if iid not in files and not iid.startswith("?line"):
+                problems.add("missing_file", f"no {IMAGES}/<Study>/<Series>/{iid}.dcm in the download",
+                             table=path, line=lines[-1], image=iid)
         return make_index(
             {
                 "image_id": ids,
                 "path": paths,
                 "shapes": shapes,
-                "order": order,
+                "order": list(range(len(ids))),
+                "line": lines,
                 "Pneumothorax": np.array([float(bool(s)) for s in shapes]),
             },
             self.label_names,
