@@ -46,5 +46,10 @@ rule evaluate_all:
         TARGETS["evaluate"],
 
 
+onstart:
+    stop_on_sigterm()
+
+
 onsuccess:
     sync_dvc()
+    announce_results()

@@ -26,14 +26,25 @@ def _resolved(args: argparse.Namespace, resolve) -> dict[str, Any]:
     return resolve(_params(args))
 
 
+def _describe(name: str, obj: Any) -> str:
+    """One line for ``list``: a declared ``title``, else the first sentence of the docstring of the item's own module
+    (one file per registered method / task) or of the object itself."""
+    import re
+
+    own_module = sys.modules.get(getattr(obj, "__module__", ""))
+    module_doc = own_module.__doc__ if own_module and own_module.__name__.rsplit(".", 1)[-1] == name else None
+    doc = getattr(obj, "title", "") or module_doc or getattr(obj, "__doc__", "") or ""
+    sentence = re.split(r"(?<=[.;])\s", " ".join(doc.split()), maxsplit=1)[0]
+    return sentence if len(sentence) <= 110 else sentence[:107].rstrip() + "..."
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from cxrbench.registry import BACKBONES, DATASETS, METHODS, TASKS
 
     for title, reg in (("datasets", DATASETS), ("methods", METHODS), ("tasks", TASKS), ("backbones", BACKBONES)):
         print(f"{title}:")
         for name, obj in reg.items():
-            doc = (getattr(obj, "title", "") or (obj.__doc__ or "").strip().splitlines()[0:1] or [""])
-            print(f"  {name:<14} {doc if isinstance(doc, str) else doc[0]}")
+            print(f"  {name:<18} {_describe(name, obj)}")
     return 0
 
 
@@ -236,21 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_list, "list the registered datasets, methods, tasks and backbones")
     add("validate", cmd_validate, "validate the parameter file and count the runs of the matrix")
     p = add("targets", cmd_targets, "print the final targets of the matrix (per phase)")
-    p.add_argument("--phase", choices=["data", "pretrain", "evaluate", "report"])
+    p.add_argument("--phase", choices=["data", "pretrain", "evaluate", "report"], help="only this phase's targets")
     p = add("generate", cmd_generate, "write the seeded synthetic datasets in their real download layouts", True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--datasets", nargs="*")
+    p.add_argument("--out", required=True, help="directory of the synthetic downloads (one folder per dataset)")
+    p.add_argument("--datasets", nargs="*", help="only these datasets (default: every one in synthetic.sizes)")
     p = add("prepare", cmd_prepare, "prepare one dataset from its download directory into the prepared store", True)
-    p.add_argument("dataset")
-    p.add_argument("--raw")
-    p.add_argument("--out", required=True)
-    p.add_argument("--split-protocol", choices=["reference", "patient"])
-    p.add_argument("--size", type=int)
+    p.add_argument("dataset", help="a registered dataset (python -m cxrbench list)")
+    p.add_argument("--raw", help="its download directory (default: data.datasets.<dataset>.raw)")
+    p.add_argument("--out", required=True, help="the prepared store to write (data/prepared/<dataset>)")
+    p.add_argument("--split-protocol", choices=["reference", "patient"],
+                   help="the papers' published splits, or a patient-level split (default: data.split_protocol)")
+    p.add_argument("--size", type=int, help="stored resolution, longest side in pixels (default: data.image_size)")
     p.add_argument("--workers", type=int, help="decoding processes (default: data.workers)")
     p = add("pretrain", cmd_pretrain, "pretrain one method on the prepared corpus", True)
-    p.add_argument("method")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("method", help="a pretrain.methods entry (python -m cxrbench list)")
+    p.add_argument("--data", required=True, help="the prepared pretraining corpus (data/prepared/mimic)")
+    p.add_argument("--out", required=True, help="the checkpoint directory to write (data/checkpoints/<method>)")
     p.add_argument("--work", help="resumable training state (default: <out>.work)")
     p = add("evaluate", cmd_evaluate, "downstream runs (method x task x dataset x fraction x seed): one, or several "
             "in one process", True)
@@ -266,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="one run's seed")
     p.add_argument("--cache", help="feature cache directory (default data/features)")
     p = add("report", cmd_report, "tables (published vs reproduced), figures and summary metrics", True)
-    p.add_argument("--runs")
-    p.add_argument("--out")
+    p.add_argument("--runs", help="root of the run directories (default: paths.runs)")
+    p.add_argument("--out", help="report directory (default: paths.report)")
     p = add("use-params", cmd_use_params, "merge a parameter set (e.g. workflow/params/paper.yaml) into params.yaml")
-    p.add_argument("file")
+    p.add_argument("file", help="the parameter set to merge, e.g. workflow/params/ci.yaml")
     add("check-tree", cmd_check_tree, "fail (exit 3) when another Snakemake run holds this working tree (DVC stages "
         "ask before they run)")
     add("dvc-sync", cmd_dvc_sync, "record in dvc.lock the phases Snakemake reports up to date (dvc commit)")

@@ -10,11 +10,19 @@ nothing: ``dvc repro`` runs Snakemake.)
 
 from __future__ import annotations
 
+import csv
+import html
+import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+#: where the pretraining curves go in DVCLive's layout (git-tracked, small; dvc.yaml's top-level plots and metrics)
+DVCLIVE_DIR = "results/dvclive/pretrain"
 
 
 def complete_stages(root: Path) -> list[str]:
@@ -46,10 +54,50 @@ def snakemake_up_to_date(root: Path, rule: str) -> bool:
     return out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
 
 
+def read_curves(path: Path) -> list[dict[str, float]]:
+    """An engine curves.csv -> its training rows (those with a ``loss``), numeric cells only (blank cells dropped)."""
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            cells = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+            if "loss" in cells and "step" in cells:
+                rows.append(cells)
+    return rows
+
+
+def export_dvclive(checkpoints: Path, out: Path) -> list[str]:
+    """Every method's pretraining curves (``<checkpoints>/<method>/curves.csv``) through DVCLive into ``out``:
+    ``plots/metrics/<method>/<name>.tsv`` (step, value) for each logged column and ``metrics.json`` with the last
+    values, so ``dvc plots show/diff`` draw one curve per method (no missing value drawn as 0) and ``dvc exp show``
+    lists the final losses. Returns the methods written."""
+    from dvclive import Live
+
+    curves = {p.parent.name: read_curves(p) for p in sorted(Path(checkpoints).glob("*/curves.csv"))}
+    curves = {m: rows for m, rows in curves.items() if rows}
+    if not curves:
+        return []
+    live = Live(str(out), dvcyaml=None, save_dvc_exp=False, report=None, resume=False)
+    for method, rows in curves.items():
+        for row in rows:
+            live.step = int(row["step"])
+            for name, value in row.items():
+                if name not in ("step", "epoch"):
+                    live.log_metric(f"{method}/{name}", value)
+    live.make_summary()
+    live.end()
+    return list(curves)
+
+
 def sync(root: Path, *, force: bool = True) -> int:
-    """``dvc commit`` the complete stages; returns the exit code of DVC (0 when there is nothing to do)."""
+    """``dvc commit`` the complete stages; returns the exit code of DVC (0 when there is nothing to do).
+    The pretraining curves are exported to DVCLive first (also under ``dvc repro``, whose stages skip the commit)."""
     if not (root / ".dvc").is_dir():
         print("dvc-sync: not a DVC repository (no .dvc/): nothing to record", file=sys.stderr)
+        return 0
+    params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
+    checkpoints = root / params.get("paths", {}).get("checkpoints", "data/checkpoints")
+    export_dvclive(checkpoints, root / DVCLIVE_DIR)
+    if os.environ.get("CXRBENCH_UNDER_DVC"):
         return 0
     complete = [s for s in complete_stages(root) if s in PHASE_RULES]
     if snakemake_up_to_date(root, PHASE_RULES["report"]):  # the default target names every phase's outputs
@@ -61,3 +109,81 @@ def sync(root: Path, *, force: bool = True) -> int:
     cmd = ["dvc", "commit", "--quiet", *(["--force"] if force else []), *stages]
     print("dvc-sync:", " ".join(cmd), file=sys.stderr)
     return subprocess.run(cmd, cwd=root, check=False).returncode
+
+
+def _svg(plot_id: str, specs: list[dict]) -> str:
+    """One ``dvc plots show --json`` entry -> an inline SVG (matplotlib), or an <img> for image plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for spec in specs:
+        content = spec.get("content") or {}
+        values = (content.get("data") or {}).get("values") or []
+        enc = _encoding(content)
+        x, y = enc.get("x", "step"), enc.get("y")
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for v in values:
+            if y in v and x in v and v[y] not in ("", None):
+                label = " ".join(str(v[k]) for k in ("rev", "filename", "field") if v.get(k))
+                groups.setdefault(label, []).append((float(v[x]), float(v[y])))
+        for label, pts in groups.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, marker=".")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y or "")
+    ax.set_title(plot_id, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()[buf.getvalue().find("<svg"):]
+
+
+def _encoding(spec: dict) -> dict[str, str]:
+    """x / y field names of a DVC vega-lite spec (its layers or top-level encoding)."""
+    for node in [spec, *spec.get("layer", []), *(spec.get("spec") or {}).get("layer", [])]:
+        enc = node.get("encoding") or {}
+        if "x" in enc and "y" in enc:
+            return {k: enc[k].get("field") for k in ("x", "y")}
+    return {}
+
+
+def plots_page(plots: dict[str, list[dict]]) -> str:
+    """A self-contained HTML page (no script, no CDN) of ``dvc plots show --json``'s output: vega plots redrawn
+    as inline SVG, image plots embedded by path."""
+    parts = ["<!doctype html><meta charset='utf-8'><title>cxrbench: DVC plots</title>", "<h1>DVC plots</h1>"]
+    for plot_id, specs in sorted(plots.items()):
+        parts.append(f"<h2>{html.escape(plot_id)}</h2>")
+        images = [s for s in specs if s.get("type") == "image"]
+        for s in images:
+            parts.append(f"<img src='{html.escape(str(s.get('url', plot_id)))}' style='max-width:100%'>")
+        if len(images) < len(specs):
+            parts.append(_svg(plot_id, [s for s in specs if s.get("type") != "image"]))
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cxrbench.dvcsync plots [OUT.html] [dvc plots show args]``: what ``dvc plots show`` draws,
+    as a page that renders offline (DVC's own HTML loads its charting library from a CDN)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "plots":
+        print("usage: python -m cxrbench.dvcsync plots [OUT.html] [dvc plots show options]", file=sys.stderr)
+        return 2
+    out = Path(args[1] if len(args) > 1 and args[1].endswith(".html") else "dvc_plots/offline.html")
+    extra = [a for a in args[1:] if a != str(out)]
+    done = subprocess.run(["dvc", "plots", "show", "--json", *extra], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        return done.returncode
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(plots_page(json.loads(done.stdout)))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,11 @@
 import json
 import os
 import shlex
+import sys
+
+# This checkout's package, whatever else is installed: the Snakefile parses with the code its jobs run (they get the
+# same directory through PYTHONPATH, see CLI), also inside a cluster job or a copy of the project.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from cxrbench import config as cxconfig
 from cxrbench import matrix
@@ -13,12 +18,12 @@ SYNTHETIC = PARAMS["synthetic"]
 ENV = "../envs/cxrbench.yaml"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
-# The stage command; conda jobs import the package from this checkout (no installation inside the env needed).
-CLI = (
-    "PYTHONPATH="
-    + shlex.quote(os.path.join(workflow.basedir, "src"))
-    + " python -m cxrbench"
-)
+# The stage command. Jobs import the package from this checkout whatever their working directory (an absolute path
+# from workflow.basedir, the directory of the Snakefile), so a conda env or a cluster node needs no installation.
+PYTHONPATH = "PYTHONPATH=" + shlex.quote(os.path.join(workflow.basedir, "src"))
+CLI = PYTHONPATH + " python -m cxrbench"
+RESOURCES = PARAMS.get("resources", {})
+FALLBACK_REQUEST = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpus": 0}
 
 
 wildcard_constraints:
@@ -42,7 +47,75 @@ def raw_input(wildcards):
 
 
 def sync_dvc():
-    """After a Snakemake run, record the completed phases in dvc.lock so `dvc status` agrees (skipped under DVC)."""
-    if os.environ.get("CXRBENCH_UNDER_DVC") or not os.path.isdir(".dvc"):
-        return
-    shell("python -m cxrbench dvc-sync")
+    """After a Snakemake run: the pretraining curves to DVCLive (results/dvclive), and the completed phases recorded
+    in dvc.lock so `dvc status` agrees (that part skipped under `dvc repro`, which records them itself).
+    """
+    if os.path.isdir(".dvc"):
+        shell(f"{CLI} dvc-sync")
+
+
+def request(rule, name=None):
+    """One job's scheduler request from params.yaml `resources`: the rule's `default` under the entry named by the
+    job's dataset / method / task (`name`). threads and gpus are per process, mem_mb per job, runtime in minutes.
+    """
+    entries = RESOURCES.get(rule, {})
+    return {**FALLBACK_REQUEST, **entries.get("default", {}), **entries.get(name, {})}
+
+
+def pretrain_devices(method):
+    """Processes of one pretraining job (pretrain.engine.devices, a method's own engine overriding it)."""
+    return int(cxconfig.method_params(PARAMS, method)["engine"].get("devices", 1))
+
+
+def pretrain_launch(method):
+    """The pretraining command: the CLI itself, or torchrun with one process per device (under the SLURM executor
+    the job already runs inside an `srun` step holding the job's GPUs; several nodes: see README, Cluster).
+    """
+    n = pretrain_devices(method)
+    if n == 1:
+        return CLI
+    return f"{PYTHONPATH} python -m torch.distributed.run --standalone --nproc_per_node={n} -m cxrbench"
+
+
+def job_resources(rule, wildcard=None, processes=lambda wc: 1):
+    """`threads:` and `resources:` of a rule as callables of the job's wildcards: the request of `request(rule,
+    wildcards.<wildcard>)`, threads and gpus times the job's processes. Usage in a rule:
+    THREADS, RES = job_resources("evaluate", "task"), then `threads: THREADS` and `resources: **RES`.
+    """
+
+    def value(key):
+        def get(wc):
+            req = request(rule, getattr(wc, wildcard) if wildcard else None)
+            return req[key] * (processes(wc) if key in ("threads", "gpus") else 1)
+
+        return get
+
+    # `gpu` is what the SLURM executor turns into --gpus (0: none asked)
+    return value("threads"), {
+        "mem_mb": value("mem_mb"),
+        "runtime": value("runtime"),
+        "gpu": value("gpus"),
+    }
+
+
+def stop_on_sigterm():
+    """SIGTERM (a `kill`, the end of a head job's time limit) stops the run as Ctrl-C does: Snakemake cancels the
+    running jobs (scancel on SLURM) and releases its lock, so no --unlock is needed. Snakemake's own SIGTERM handler
+    would wait for every running job to finish, hours for a pretraining."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def announce_results():
+    """A finished run says where its results are."""
+    out = PATHS["report"]
+    shown = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    print(
+        f"cxrbench: results in {out}/: {', '.join(shown) or 'nothing yet'}",
+        file=sys.stderr,
+    )
+    print(
+        f"cxrbench: runs in {PATHS['runs']}/, checkpoints in {PATHS['checkpoints']}/, logs in {LOGS}/",
+        file=sys.stderr,
+    )

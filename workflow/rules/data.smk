@@ -1,3 +1,7 @@
+SYNTHETIC_THREADS, SYNTHETIC_RESOURCES = job_resources("generate_synthetic")
+PREPARE_THREADS, PREPARE_RESOURCES = job_resources("prepare", "dataset")
+
+
 rule generate_synthetic:
     output:
         os.path.join(SYNTHETIC["out"], "SYNTHETIC.json"),
@@ -7,15 +11,14 @@ rule generate_synthetic:
         f"{BENCH}/generate_synthetic.tsv"
     conda:
         ENV
-    threads: 1
+    threads: SYNTHETIC_THREADS
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **SYNTHETIC_RESOURCES,
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         cfg=as_arg(SYNTHETIC),
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench generate --out {params.out} --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {CLI} generate --out {params.out} --resolved {params.cfg} > {log} 2>&1"
 
 
 rule prepare:
@@ -29,11 +32,10 @@ rule prepare:
         f"{BENCH}/prepare/{{dataset}}.tsv"
     conda:
         ENV
-    threads: 8
+    threads: PREPARE_THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
+        **PREPARE_RESOURCES,
     params:
         cfg=lambda wc: as_arg(cxconfig.dataset_params(PARAMS, wc.dataset)),
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench prepare {wildcards.dataset} --out {output} --workers {threads} --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {CLI} prepare {wildcards.dataset} --out {output} --workers {threads} --resolved {params.cfg} > {log} 2>&1"

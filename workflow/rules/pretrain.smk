@@ -1,3 +1,8 @@
+PRETRAIN_THREADS, PRETRAIN_RESOURCES = job_resources(
+    "pretrain", "method", lambda wc: pretrain_devices(wc.method)
+)
+
+
 rule pretrain:
     input:
         os.path.join(PATHS["prepared"], PARAMS["pretrain"]["dataset"]),
@@ -9,15 +14,16 @@ rule pretrain:
         f"{BENCH}/pretrain/{{method}}.tsv"
     conda:
         ENV
-    threads: 1  # small demo models train best one per core; clusters raise it (profiles: set-threads)
+    threads: PRETRAIN_THREADS  # params.yaml resources.pretrain (per process) x pretrain.engine.devices
     resources:
-        mem_mb=16000,
-        runtime=2880,
+        **PRETRAIN_RESOURCES,
     params:
         cfg=lambda wc: as_arg(
             {**cxconfig.method_params(PARAMS, wc.method), "seed": PARAMS["seed"]}
         ),
         work=os.path.join(PATHS["checkpoints"] + ".work", "{method}"),
+        launch=lambda wc: pretrain_launch(wc.method),
+        omp=lambda wc: request("pretrain", wc.method)["threads"],
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench pretrain {wildcards.method} --data {input} --out {output} --work {params.work}"
-        " --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS={params.omp} {params.launch} pretrain {wildcards.method} --data {input} --out {output}"
+        " --work {params.work} --resolved {params.cfg} > {log} 2>&1"
