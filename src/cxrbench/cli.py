@@ -99,7 +99,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         summary = prepare_dataset(
             args.dataset, Path(args.raw or p["raw"]), Path(args.out),
             size=args.size or p["image_size"], split_protocol=args.split_protocol or p["split_protocol"],
-            fraction_seed=p["fraction_seed"], fractions=tuple(p["fractions"]),
+            fraction_seed=p["fraction_seed"], fractions=tuple(p["fractions"]), min_positives=p.get("min_positives", 1),
             workers=args.workers or p.get("workers"), skip_bad=p["skip_bad"],
             max_skipped_fraction=p.get("max_skipped_fraction", 0.001), options=p.get("options", {}),
         )
