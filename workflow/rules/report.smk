@@ -1,3 +1,6 @@
+REPORT_THREADS, REPORT_RESOURCES = job_resources("report")
+
+
 rule report:
     input:
         runs=TARGETS["evaluate"],
@@ -8,11 +11,10 @@ rule report:
         f"{LOGS}/report.log",
     conda:
         ENV
-    threads: 1
+    threads: REPORT_THREADS
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **REPORT_RESOURCES,
     params:
         cfg=lambda wc: as_arg(matrix.report_params(PARAMS)),
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONPATH=src python -m cxrbench report --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {CLI} report --resolved {params.cfg} > {log} 2>&1"
