@@ -90,7 +90,7 @@ def _assign_splits(reader: DatasetFormat, index: pd.DataFrame, protocol: str, se
 
 def _affected(index: pd.DataFrame, problems: Problems) -> np.ndarray:
     """Boolean (n,): rows with a problem that makes the image unusable (by image id or by group column)."""
-    bad = index["image_id"].isin(problems.images()).to_numpy()
+    bad = index["image_id"].isin(problems.images()).to_numpy().copy()
     for p in problems.items:
         if p.effect == "image" and p.group is not None and p.group[0] in index.columns:
             bad |= (index[p.group[0]] == p.group[1]).to_numpy()
@@ -101,21 +101,20 @@ def _check_rows(index: pd.DataFrame, raw_dir: Path, problems: Problems, reader: 
     """Rows in no split (not a protocol drop) and missing image files become problems; returns "file present"."""
     flagged = _affected(index, problems)
     present = np.zeros(len(index), dtype=bool)
-    for pos, row in enumerate(index[["image_id", "path", "split", "protocol_drop", "line"]].itertuples(index=False)):
-        line = None if pd.isna(row.line) else int(row.line)
+    for pos, row in enumerate(index[["path", "split", "protocol_drop"]].itertuples(index=False)):
         if pd.isna(row.split) and pd.isna(row.protocol_drop) and not flagged[pos]:
             problems.add("no_split", f"in no split; expected it in {reader.split_source or 'the split tables'}",
-                         table=reader.main_table or None, line=line, image=row.image_id)
+                         **_row_where(index, pos, reader))
         if pd.isna(row.split):
             continue
         present[pos] = isinstance(row.path, str) and (raw_dir / row.path).is_file()
         if not present[pos] and isinstance(row.path, str) and not flagged[pos]:
-            problems.add("missing_file", "image file not found", path=row.path, table=reader.main_table or None,
-                         line=line, image=row.image_id)
+            problems.add("missing_file", "image file not found", path=row.path, **_row_where(index, pos, reader))
     return present
 
 
-def _check_boxes(index: pd.DataFrame, geometry: np.ndarray, decoded: np.ndarray, problems: Problems) -> list:
+def _check_boxes(index: pd.DataFrame, geometry: np.ndarray, decoded: np.ndarray, problems: Problems,
+                 reader: DatasetFormat) -> list:
     """Boxes clipped to their image (``box_clipped``) or dropped when no area is inside (``box_outside_image``)."""
     out = []
     for pos, boxes in enumerate(index["boxes"]):
@@ -126,7 +125,7 @@ def _check_boxes(index: pd.DataFrame, geometry: np.ndarray, decoded: np.ndarray,
         kept = []
         for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4).tolist():
             clipped = np.clip(box, 0, [w, h, w, h]).tolist()
-            where = {"image": index["image_id"].iloc[pos], "line": _line(index, pos)}
+            where = _row_where(index, pos, reader)
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
                 problems.add("box_outside_image", f"box {box} has no area inside the {w:.0f}x{h:.0f} image", **where)
                 continue
@@ -140,6 +139,13 @@ def _check_boxes(index: pd.DataFrame, geometry: np.ndarray, decoded: np.ndarray,
 def _line(index: pd.DataFrame, pos: int) -> int | None:
     value = index["line"].iloc[pos]
     return None if value is None or pd.isna(value) else int(value)
+
+
+def _row_where(index: pd.DataFrame, pos: int, reader: DatasetFormat) -> dict[str, Any]:
+    """Label table and line of index row ``pos`` (the reader's ``table`` column, else its ``main_table``)."""
+    table = index["table"].iloc[pos] if "table" in index.columns else None
+    return {"table": table if isinstance(table, str) else reader.main_table or None, "line": _line(index, pos),
+            "image": index["image_id"].iloc[pos]}
 
 
 def _decide(index: pd.DataFrame, lost: np.ndarray, problems: Problems, cfg: dict, stream: IO[str]) -> dict:
@@ -192,11 +198,13 @@ def _fractions(index: pd.DataFrame, reader: DatasetFormat, cfg: dict) -> dict[in
     strata = np.nan_to_num(_label_matrix(train, reader.label_names)) if reader.label_names else None
     pcts = tuple(cfg["fractions"])
     fracs = draw_fractions(train["image_id"].tolist(), pcts, seed=cfg["protocol"]["fraction_seed"], strata=strata,
-                           stratify=cfg["protocol"]["stratified"], name=reader.name)
+                           stratify=cfg["protocol"]["stratified"], min_positives=cfg["protocol"]["min_positives"],
+                           name=reader.name)
     return {int(p): set(ids) for p, ids in sorted(fracs.items())}
 
 
-def _decode(index: pd.DataFrame, present: np.ndarray, raw_dir: Path, cfg: dict, problems: Problems, stream) -> dict:
+def _decode(index: pd.DataFrame, present: np.ndarray, raw_dir: Path, cfg: dict, problems: Problems, stream,
+            reader: DatasetFormat) -> dict:
     """Decode the rows whose file is present; failures become problems. Geometry is returned for every row."""
     pos = np.flatnonzero(present)
     rows = {"paths": [str(raw_dir / index["path"].iloc[p]) for p in pos],
@@ -208,8 +216,7 @@ def _decode(index: pd.DataFrame, present: np.ndarray, raw_dir: Path, cfg: dict, 
     for f in dec["failed"]:
         p = int(pos[f["pos"]])
         decoded[p] = False
-        problems.add(f["kind"], f["reason"], path=index["path"].iloc[p], line=_line(index, p),
-                     image=index["image_id"].iloc[p])
+        problems.add(f["kind"], f["reason"], path=index["path"].iloc[p], **_row_where(index, p, reader))
     return {**dec, "geometry_all": geometry, "decoded_all": decoded, "decode_pos": pos}
 
 
@@ -222,8 +229,9 @@ def _run(reader: DatasetFormat, raw_dir: Path, cfg: dict, options: dict, stream:
     cfg["protocol"]["n_excluded"] = int((index["split"].isna() & index["protocol_drop"].notna()).sum())
     fracs = _fractions(index, reader, cfg)
     present = _check_rows(index, raw_dir, problems, reader)
-    dec = _decode(index, present, raw_dir, cfg, problems, stream)
-    index = index.assign(boxes=_check_boxes(index, dec["geometry_all"], dec["decoded_all"], problems))
+    dec = _decode(index, present, raw_dir, cfg, problems, stream, reader)
+    boxes = _check_boxes(index, dec["geometry_all"], dec["decoded_all"], problems, reader)
+    index = index.assign(boxes=boxes)
     lost = _affected(index, problems) & index["split"].notna().to_numpy()
     lost |= index["split"].notna().to_numpy() & ~dec["decoded_all"]
     lost_per_split = _decide(index, lost, problems, cfg, stream)
@@ -238,7 +246,7 @@ def _run(reader: DatasetFormat, raw_dir: Path, cfg: dict, options: dict, stream:
     meta = build_meta(reader, df, result, cfg, {**cfg["protocol"], "fractions": sorted(fracs)}, frac_ids, extra)
     store = assemble_store(cfg["partial"], df, meta, frac_ids, keep_dec, cfg["masks"])
     swap_in(store, cfg["out"])
-    return {"meta": meta, "dec": dec, "lost": int(lost.sum())}
+    return {"meta": meta, "dec": dec, "lost": int(sum(lost_per_split.values()))}
 
 
 def prepare_dataset(
@@ -252,6 +260,7 @@ def prepare_dataset(
     fraction_seed: int = 0,
     fractions: tuple[int, ...] = (1, 10, 100),
     stratify: bool = True,
+    min_positives: int = 1,
     workers: int | None = None,
     chunk_size: int = 256,
     skip_bad: bool = False,
@@ -268,7 +277,8 @@ def prepare_dataset(
 
     size: store side S in pixels; padding: "center" | "topleft" (``cxrbench.data.images``);
     split_protocol: "reference" (``reader.reference_split``) | "patient" (``splits.patient_split``, ``split_seed``);
-    fractions / fraction_seed / stratify: nested training fractions (``splits.draw_fractions``, labels as strata);
+    fractions / fraction_seed / stratify / min_positives: nested training fractions (``splits.draw_fractions``,
+    labels as strata; a stratified fraction holds at least ``min_positives`` positives of every label);
     workers: decoding processes (None = all usable CPUs; <= 1 decodes in this process); chunk_size: rows per chunk
     (the resume unit); skip_bad: drop images with problems (``cxrbench.data.problems``) instead of failing, but fail
     when a split loses more than ``max_skipped_fraction`` of its images; masks: "auto" writes masks.npy when the
@@ -286,7 +296,7 @@ def prepare_dataset(
     stream = sys.stderr if stream is None else stream
     recover_swap(out)
     protocol = {"split": split_protocol, "split_seed": split_seed, "fraction_seed": fraction_seed,
-                "stratified": stratify}
+                "stratified": stratify, "min_positives": int(min_positives)}
     cfg = {
         "name": reader.name, "out": out, "partial": partial_dir(out), "size": int(size), "padding": padding,
         "skip_bad": skip_bad, "max_skipped_fraction": float(max_skipped_fraction),

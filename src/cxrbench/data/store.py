@@ -227,7 +227,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _DROP_EXTRAS = ("patient", "path", "name", "birth", "subject", "shapes")
-_INTERNAL = ("line", "protocol_drop", "order", "split")
+_INTERNAL = ("line", "table", "protocol_drop", "order", "split")
 STORE_FILES = ("manifest.parquet", "meta.json", "images.npy", "masks.npy", "fractions")
 
 

@@ -19,7 +19,8 @@ label columns       one float column per name in ``label_names`` (1.0 / 0.0 / Na
                     column-major), {"type": "rect"|"ellipse", "xyxy": [...]}, {"type": "polygon", "xy": [x1,y1,...]}.
 ``text``            str report / phrase text where the dataset has one (MIMIC: impression + findings), else None.
 ``protocol_drop``   optional: the ``problems.KINDS`` name of a protocol exclusion (e.g. CheXpert 5x200), else None.
-``line``            optional: 1-based line of the row in its label table (named in "no split" messages).
+``line``, ``table``  optional: 1-based line of the row and its label table (relative to the raw directory; default
+                    the reader's ``main_table``), named in the messages of problems found while preparing.
 ==================  =========================================================================================
 
 A row whose values are bad stays in the index (its problem names it) so that the split, computed over the label

@@ -110,6 +110,7 @@ class CheXpert(DatasetFormat):
                 "view": df["AP/PA"][frontal],
                 "order": np.flatnonzero(frontal),
                 "line": np.flatnonzero(frontal) + 2,
+                "table": f"{path.parent.name}/{path.name}",
             }
         )
         out = pd.concat([out, labels], axis=1).reset_index(drop=True)

@@ -50,6 +50,7 @@ class COVIDx(DatasetFormat):
                 "data_source": frame["source"],
                 "order": frame["line"],
                 "line": frame["line"],
+                "table": frame["list"],
                 **onehot,
             },
             self.label_names,

@@ -89,8 +89,9 @@ class MSCXR(DatasetFormat):
             elif row["split"] not in SPLITS:
                 detail = f"value {row['split']!r}; expected one of {sorted(SPLITS)}"
                 bad.bad(pos, "bad_value", detail, row["dicom_id"], "split")
-        frame = df.assign(box=[[x, y, x + w, y + h] for x, y, w, h in xywh.tolist()], line=np.arange(len(df)) + 2)
-        index = self._group(bad.drop(frame), root, path, problems)
+        frame = df.assign(box=[[x, y, x + w, y + h] for x, y, w, h in xywh.tolist()], line=np.arange(len(df)) + 2,
+                          ok=~np.isin(np.arange(len(df)), list(bad.rows)))
+        index = self._group(frame, root, path, problems)  # bad rows stay (flagged): phrase numbers do not move
         counts = {
             "rows": len(df),
             "images": int(index["dicom_id"].nunique()),
@@ -103,7 +104,7 @@ class MSCXR(DatasetFormat):
         rows = []
         for (dicom, text), g in frame.groupby(["dicom_id", "label_text"], sort=False):
             for col in ("category_name", "path", "split"):
-                if g[col].nunique() > 1:
+                if g.loc[g["ok"], col].nunique() > 1:
                     problems.add("conflicting_rows", f"phrase {text!r}: conflicting {col} values "
                                  f"{sorted(g[col].unique())}", table=path, line=int(g["line"].iloc[1]),
                                  column=col, group=("dicom_id", dicom))
@@ -115,7 +116,7 @@ class MSCXR(DatasetFormat):
                     "text": text,
                     "path": str(root / first["path"]),
                     "patient": m.group(1) if m else None,
-                    "official_split": SPLITS[first["split"]],
+                    "official_split": SPLITS.get(first["split"]),
                     "line": int(first["line"]),
                     "boxes": g["box"].tolist(),
                     "category": first["category_name"],

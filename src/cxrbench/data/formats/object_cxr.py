@@ -75,7 +75,7 @@ class ObjectCXR(DatasetFormat):
             lines = frame.loc[frame["image_id"] == value, ["table", "line"]].to_numpy().tolist()
             problems.add("duplicate_id", f"image_name on {len(lines)} lines {lines} (the first is kept)",
                          table=Path(raw_dir) / lines[1][0], line=lines[1][1], image=value)
-        frame = frame[~frame["image_id"].duplicated(keep="first")].drop(columns="table")
+        frame = frame[~frame["image_id"].duplicated(keep="first")]
         index = make_index({c: frame[c] for c in frame.columns}, self.label_names, len(frame))
         counts = {
             "images": len(index),
