@@ -34,3 +34,27 @@ def test_env_python_matches_requires_python(root):
     from packaging.specifiers import SpecifierSet
 
     assert SpecifierSet(requires).contains(python.split("=")[1] + ".0")
+
+
+def test_env_pins_equal_the_installed_versions(root):
+    """The env file pins what the project's own install resolved (`make install`), not only what pyproject allows."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    env, pins = _env_pins(root)
+    differ = {}
+    for name, pinned in pins.items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            differ[name] = (pinned, installed)
+    assert differ == {}, f"workflow/envs/cxrbench.yaml pins (pinned, installed) that differ: {differ}"
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert python.split("=")[1] == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_local_profile_does_not_force_conda(root):
+    profile = yaml.safe_load((root / "workflow" / "profiles" / "local" / "config.yaml").read_text())
+    assert not profile.get("use-conda") and "software-deployment-method" not in profile

@@ -1,8 +1,10 @@
 """Snakemake, DVC and the matrix agree on what the pipeline produces."""
 
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -73,3 +75,79 @@ def test_every_rule_declares_log_threads_resources_conda(rule_file):
         name = body.split(":")[0]
         for directive in ("log:", "threads:", "resources:", "conda:", "shell:"):
             assert f"    {directive}" in body, f"rule {name} in {rule_file.name} lacks {directive}"
+
+
+def test_jobs_import_the_checkout_by_absolute_path(root):
+    """Every stage command goes through common.smk's CLI (PYTHONPATH=<workflow.basedir>/src), never a relative path."""
+    for rule_file in sorted((root / "workflow" / "rules").glob("*.smk")):
+        text = rule_file.read_text()
+        assert "PYTHONPATH=src" not in text, rule_file.name
+        assert rule_file.name == "common.smk" or "python -m cxrbench" not in text, rule_file.name
+    common = (root / "workflow" / "rules" / "common.smk").read_text()
+    assert 'os.path.join(workflow.basedir, "src")' in common
+
+
+def _dry_run_jobs(root: Path, workdir: Path, devices: int | None = None) -> list[dict]:
+    """``snakemake -n -p`` from another working directory (--directory): rule, threads, resources, shell of each job."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    if devices:
+        params["pretrain"]["engine"]["devices"] = devices
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "64", "--nolock", "-s", str(root / "Snakefile"),
+         "--directory", str(workdir)],
+        cwd=workdir, capture_output=True, text=True, check=True,
+    )
+    jobs, job = [], None
+    for line in out.stdout.splitlines():
+        if line.startswith("rule ") and line.endswith(":"):
+            job = {"rule": line[5:-1]}
+            jobs.append(job)
+        elif job is not None and ":" in line and line.startswith("    "):
+            key, _, value = line.strip().partition(": ")
+            job[key] = value
+        elif job is not None and line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: "):]
+    return jobs
+
+
+def test_requests_come_from_params_and_jobs_run_from_any_directory(root, tmp_path):
+    jobs = _dry_run_jobs(root, tmp_path)
+    res = yaml.safe_load((root / "params.yaml").read_text())["resources"]
+    pretrain = next(j for j in jobs if j["rule"] == "pretrain")
+    assert pretrain.get("threads", "1") == str(res["pretrain"]["default"]["threads"])  # printed when > 1
+    assert f"mem_mb={res['pretrain']['default']['mem_mb']}" in pretrain["resources"]
+    assert f"runtime={res['pretrain']['default']['runtime']}" in pretrain["resources"]
+    for job in jobs:
+        if job.get("shell", "None") != "None":  # the aggregate rules have no command
+            assert f"PYTHONPATH={root / 'src'} " in job["shell"], job["shell"][:200]  # absolute: any cwd works
+
+
+def test_pretraining_on_several_devices_launches_torchrun(root, tmp_path):
+    jobs = _dry_run_jobs(root, tmp_path, devices=3)
+    trained = [j for j in jobs if j["rule"] == "pretrain" and "wildcards" in j and "random" not in j["wildcards"]]
+    assert trained
+    for job in trained:
+        assert "-m torch.distributed.run --standalone --nproc_per_node=3 -m cxrbench pretrain" in job["shell"]
+        assert job["threads"] == "3"  # threads per process x devices
+
+
+@pytest.mark.slow  # a Snakemake parse; conda itself cannot be installed here, so a stub answers `conda info`
+def test_containerize_writes_a_dockerfile(root, tmp_path):
+    stub = tmp_path / "bin" / "conda"
+    stub.parent.mkdir()
+    stub.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        case "$1" in
+          --version) echo "conda 24.11.0" ;;
+          config) echo '{"get": {"channel_priority": "strict"}}' ;;
+          *) echo '{"conda_prefix": "/opt/conda", "platform": "linux-64"}' ;;
+        esac
+        """))
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--containerize", "--nolock"], cwd=root, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("FROM condaforge/miniforge3")
+    assert "COPY workflow/envs/cxrbench.yaml" in out and "conda env create" in out
+    assert "torch==" in out  # the env file's pins, in the image's comment
