@@ -115,7 +115,7 @@ def test_grad_accum_above_the_batches_of_a_pretraining_epoch(params):
 
 
 def test_grad_accum_above_the_batches_of_a_task_epoch(params):
-    # SIIM: 400 synthetic images; 1% -> at most 4 + 14 (stratification slack) = 18 images = 1 batch of 32
+    # SIIM: 400 synthetic images; 1% -> at most max(4, 1 label x 20 min_positives) = 20 images = 1 batch of 32
     bad = _set(params, "evaluate.tasks.segmentation.engine.grad_accum", 2)
     line = _rejects(bad, "evaluate.tasks.segmentation.engine.grad_accum", "at most 1 batches of 32")
     assert "at 1%" in line
@@ -126,8 +126,15 @@ def test_grad_accum_against_the_published_split_sizes(root):
     paper = _set(paper, "evaluate.tasks.finetune.image_size", 224)  # see test_paper_set_has_only_the_known_...
     bad = _set(paper, "pretrain.methods.raddino.engine.grad_accum", 10_000)
     config.validate_params(bad)  # MIMIC-CXR's size is not declared: checked at run start instead
-    bad = _set(paper, "evaluate.tasks.finetune.engine.grad_accum", 14)  # NIH 1%: <= 779 + 14 images = 13 x 64
+    bad = _set(paper, "evaluate.tasks.finetune.engine.grad_accum", 14)  # NIH 1%: <= 779 images = 13 batches of 64
     _rejects(bad, "evaluate.tasks.finetune.engine.grad_accum", "at most 13 batches of 64", "published nih")
+
+
+def test_fraction_bound_follows_the_stratified_floor(params):
+    """1% of 500 NIH images is 5, but the demo's floor of 20 positives for each of 14 labels can hold up to 280."""
+    assert validation.fraction_images(params, "nih", 500, 1) == 14 * params["data"]["min_positives"]
+    assert validation.fraction_images(_set(params, "data.min_positives", 1), "nih", 500, 1) == 14
+    assert validation.fraction_images(params, "nih", 500, 100) == 500
 
 
 def test_monitor_no_task_reports(params):
@@ -273,6 +280,7 @@ def test_schema_declarations_match_the_registered_classes():
         sizes = cls.paper_split_sizes
         assert schema["x-paper-split-sizes"] == (list(sizes) if sizes else None), name
         assert schema["x-has-text"] == cls.has_text, name
+        assert schema["x-labels"] == len(cls.label_names), name
     for name, cls in regs["methods"].items():
         assert validation.load_schema("methods", name)["x-trains"] == cls({}).trains(), name
 

@@ -28,7 +28,7 @@ import importlib.util
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,6 @@ import yaml
 
 KINDS = ("methods", "tasks", "datasets", "backbones")
 _BASE = "https://cxrbench.invalid/"  # base URI of the schema files: "$ref: /params.schema.yaml#/$defs/engine"
-#: a stratified fraction may exceed p % of the training images by up to (labels - 1) ids (splits.draw_fractions)
-LABEL_SLACK = 14
 
 
 @dataclass(frozen=True, order=True)
@@ -47,6 +45,8 @@ class Problem:
 
     key: str
     message: str
+    #: a schema violation (a wrong value); a cross-reference check on the same key is then only an echo of it
+    primary: bool = field(default=False, compare=False)
 
     def line(self, source: str) -> str:
         return f"{source}: key '{self.key}': {self.message}"
@@ -129,7 +129,8 @@ def _error_problems(err: Any, prefix: str, what: str) -> Iterator[Problem]:
 def schema_problems(instance: Any, schema: Mapping[str, Any], prefix: str = "", what: str = "") -> list[Problem]:
     """Every violation of ``schema`` by ``instance``, keys prefixed with ``prefix`` (the section's dotted path)."""
     label = f" ({what})" if what else ""
-    return [p for e in _validator(schema).iter_errors(instance) for p in _error_problems(e, prefix, label)]
+    errors = _validator(schema).iter_errors(instance)
+    return [replace(p, primary=True) for e in errors for p in _error_problems(e, prefix, label)]
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -140,11 +141,25 @@ def problems(params: Mapping[str, Any]) -> list[Problem]:
     found = schema_problems(params, {**_document("params.schema.yaml"), "$id": _BASE + "params.schema.yaml"})
     for check in CHECKS:
         try:
-            found += list(check(params))
+            for problem in check(params):
+                found.append(problem)
         except (KeyError, TypeError, AttributeError, ValueError, IndexError):
             if not found:  # with a structural problem, a check may trip over it: that problem is reported
                 raise
-    return sorted(set(found))
+    return _without_echoes(found)
+
+
+def _without_echoes(found: list[Problem]) -> list[Problem]:
+    """Drop what only repeats another problem: a check on a key (or below one) whose value is already wrong, and
+    the same violation found by two schemas (the structural pass and the name's own)."""
+    wrong = {p.key for p in found if p.primary}
+    keep = [p for p in found if p.primary or not any(p.key == k or p.key.startswith(k + ".") for k in wrong)]
+    unique = sorted(set(keep), key=lambda p: (p.key, len(p.message), p.message))
+    out: list[Problem] = []
+    for p in unique:
+        if not (out and out[-1].key == p.key and p.message.startswith(out[-1].message)):
+            out.append(p)
+    return sorted(out)
 
 
 def _get(params: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -519,12 +534,22 @@ def _task_batches(params: Mapping[str, Any]) -> Iterator[Problem]:
             if bound is None:
                 continue
             for f in task_fractions(params, task):
-                n = bound[0] if f == 100 else min(bound[0], math.ceil(bound[0] * f / 100) + LABEL_SLACK)
+                n = fraction_images(params, ds, bound[0], f)
                 places = _task_places(params, task, ds, f)
                 drop = bool(config_value(places, "drop_last", False))  # tasks keep the last partial batch
                 problem = _batch_problem(places, n, bound[1], f"task {task} on {ds} at {f}%", drop)
                 if problem:
                     yield problem
+
+
+def fraction_images(params: Mapping[str, Any], dataset: str, n: int, fraction: int) -> int:
+    """An upper bound on a training fraction of at most ``n`` images (``splits.draw_fractions``): round(p n) rows,
+    or the stratified floor, at most labels x ``data.min_positives`` rows, when that is larger."""
+    if fraction == 100:
+        return n
+    labels = int(load_schema("datasets", dataset).get("x-labels", 1))
+    floor = labels * int(_get(params, "data", "min_positives", default=1) or 1)
+    return max(math.ceil(n * fraction / 100), min(n, floor))
 
 
 def _task_places(params: Mapping[str, Any], task: str, dataset: str, fraction: int) -> list:
