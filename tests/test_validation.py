@@ -114,6 +114,11 @@ def test_grad_accum_above_the_batches_of_a_pretraining_epoch(params):
     config.validate_params(_set(params, "pretrain.engine.grad_accum", 46))
 
 
+def test_grad_accum_counts_the_batches_of_one_process(params):
+    bad = _set(_set(params, "pretrain.engine.devices", 20), "pretrain.engine.grad_accum", 3)  # 1500 / (32 x 20)
+    _rejects(bad, "pretrain.engine.grad_accum", "at most 2 batches of 32 on each of 20 processes")
+
+
 def test_grad_accum_above_the_batches_of_a_task_epoch(params):
     # SIIM: 400 synthetic images; 1% -> at most max(4, 1 label x 20 min_positives) = 20 images = 1 batch of 32
     bad = _set(params, "evaluate.tasks.segmentation.engine.grad_accum", 2)

@@ -486,10 +486,13 @@ def _batch_problem(places: list[tuple[str, Mapping[str, Any]]], n: int, how: str
     for _, e in places:
         engine = config.merge(engine, e)
     bs, accum = int(engine.get("batch_size", 8)), int(engine.get("grad_accum", 1))
-    batches = n // bs if drop_last else math.ceil(n / bs)
+    procs = int(engine.get("devices", 1))  # each process sees 1 / devices of the epoch
+    per = bs * procs
+    batches = n // per if drop_last else math.ceil(n / per)
     if accum <= batches:
         return None
-    return Problem(_origin(places, "grad_accum"), f"grad_accum {accum} > the at most {batches} batches of {bs} per "
+    of = f"{bs}" + (f" on each of {procs} processes" if procs > 1 else "")
+    return Problem(_origin(places, "grad_accum"), f"grad_accum {accum} > the at most {batches} batches of {of} per "
                    f"epoch of {what} (at most {n} training images: {how}); no optimiser step is possible; "
                    f"expected grad_accum <= {batches} (or a smaller {_origin(places, 'batch_size')})")
 
@@ -509,12 +512,25 @@ def _pretrain_batches(params: Mapping[str, Any]) -> Iterator[Problem]:
         base = method_base(name, section)
         if base not in registered("methods") or not load_schema("methods", base).get("x-trains"):
             continue
-        places = [("pretrain.engine", params["pretrain"]["engine"]),
-                  (f"pretrain.methods.{name}.engine", section.get("engine") or {})]
+        own = f"pretrain.methods.{name}.engine"
+        places = [(own, _preset_engine(base, section.get("variant"))),
+                  ("pretrain.engine", params["pretrain"]["engine"]), (own, section.get("engine") or {})]
         drop = bool(config_value(places, "drop_last", True))
         problem = _batch_problem(places, bound[0], bound[1], f"pretraining {name} on {corpus}", drop)
         if problem:
             yield problem
+
+
+def _preset_engine(base: str, variant: Any) -> Mapping[str, Any]:
+    """The engine values of the method's variant preset (under everything the user sets), if presets exist."""
+    if not _has_presets():
+        return {}
+    from cxrbench import presets
+
+    try:
+        return presets.preset(base, variant).get("engine") or {}
+    except KeyError:
+        return {}  # an unknown variant: reported by check_methods
 
 
 def config_value(places: list[tuple[str, Mapping[str, Any]]], key: str, default: Any) -> Any:
