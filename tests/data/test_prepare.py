@@ -167,9 +167,10 @@ def test_changed_inputs_discard_partial_work(raw, tmp_path, monkeypatch):
 
 
 def store_digest(out: Path) -> str:
-    """sha256 over every file's relative path and bytes (and the set of files) of a store directory."""
+    """sha256 over every file's relative path and bytes (and the set of files) of a store directory (not the
+    content-hash cache, which records file mtimes)."""
     h = hashlib.sha256()
-    for p in sorted(out.rglob("*")):
+    for p in sorted(q for q in out.rglob("*") if q.name != ".store_hash.json"):
         h.update(str(p.relative_to(out)).encode())
         if p.is_file():
             h.update(p.read_bytes())

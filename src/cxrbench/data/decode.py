@@ -198,7 +198,7 @@ class Progress:
     def __init__(self, total: int, initial: int, desc: str, enabled: bool, stream: IO[str], every: int = 10) -> None:
         self.total, self.done, self.desc, self.stream, self.every = total, initial, desc, stream, every
         self.enabled, self.t0, self.start = enabled and total > 0, time.perf_counter(), initial
-        self.last = -1 if initial == 0 else self._step(initial)
+        self.last = self._step(initial)
         self.bar = None
         if self.enabled and getattr(stream, "isatty", lambda: False)():
             from tqdm.auto import tqdm
