@@ -177,6 +177,15 @@ def test_derived_method_entry_is_checked_against_its_registered_method(params):
     _rejects(bad, "pretrain.methods.g2d_median.method", "'g2dd' is not a registered method", "'g2d'")
 
 
+def test_the_section_as_resolved_with_its_preset_is_checked(params):
+    """The code preset brings Bio_ClinicalBERT's freeze_layers 9; with the user's 6-layer MiniLM the run would fail."""
+    entry = {"method": "g2d", "variant": "code", "backbone": "resnet18", "image_size": 64,
+             "text": {"name_or_path": "minilm", "max_length": 64}}
+    bad = _set(params, "pretrain.methods.g2d_code", entry)
+    _rejects(bad, "pretrain.methods.g2d_code.text.freeze_layers", "9 layers to freeze", "has 6")
+    config.validate_params(_set(bad, "pretrain.methods.g2d_code.text.freeze_layers", 4))
+
+
 def test_a_variant_the_method_has_no_preset_for(params):
     bad = _set(params, "pretrain.methods.raddino.variant", "code")
     _rejects(bad, "pretrain.methods.raddino.variant", "no variant 'code'")
