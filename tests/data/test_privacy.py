@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,48 @@ def test_generator_planted_identifiers_never_reach_store(synthetic, name, tmp_pa
     prepare_dataset(name, root / name, out, size=32, workers=1, progress=True)
     captured = capfd.readouterr()
     assert_absent(out, planted, caplog.text + captured.out + captured.err)
+
+
+class PlantedPaths(Planted):
+    """Patient ids in the image PATHS and ids (as MIMIC, CheXpert and NIH have them): <pid>/im<i>.dcm."""
+
+    name = "planted_paths"
+
+    def read(self, raw_dir: Path, options: dict) -> ReadResult:
+        result = super().read(raw_dir, options)
+        index = result.index
+        index["path"] = [f"{pid}/{iid}.dcm" for pid, iid in zip(index["patient"], index["image_id"], strict=True)]
+        index["image_id"] = [f"{pid}_{iid}" for pid, iid in zip(index["patient"], index["image_id"], strict=True)]
+        index["study_id"] = [f"{pid}-study" for pid in index["patient"]]
+        return result
+
+
+def test_identifiers_in_paths_stay_out_of_versioned_files(planted_raw, tmp_path, capsys):
+    for i in range(6):  # move each DICOM under a folder named by its patient id, then lose one of them
+        pid = ["PID-SECRET-123", "PID-SECRET-456"][i % 2]
+        (planted_raw / pid).mkdir(exist_ok=True)
+        (planted_raw / f"im{i}.dcm").rename(planted_raw / pid / f"im{i}.dcm")
+    (planted_raw / "PID-SECRET-456" / "im3.dcm").unlink()
+    out = tmp_path / "out"
+    summary = prepare_dataset(PlantedPaths(), planted_raw, out, size=16, workers=1, fractions=(50, 100),
+                              skip_bad=True, max_skipped_fraction=1.0, progress=False)
+    assert summary["skipped"] == 1 and summary["problems"] == {"missing_file": 1}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["problems"][0]["kind"] == "missing_file" and len(meta["problems"][0]["image"]) == 16
+    # the console names the file so the user can find it; nothing DVC versions carries the id
+    assert "PID-SECRET-456/im3.dcm" in capsys.readouterr().err
+    assert_absent(out, ["PID-SECRET-123", "PID-SECRET-456", "SECRET"], "")
+
+
+def test_mimic_subject_ids_stay_out_of_the_store_with_skipped_images(synthetic, tmp_path):
+    root, _ = synthetic
+    raw = tmp_path / "mimic"
+    shutil.copytree(root / "mimic", raw)
+    reports = sorted(raw.rglob("s*.txt"))
+    reports[0].unlink()  # a missing report and a missing image: both problems name paths with subject ids
+    next(raw.rglob("*.jpg")).unlink()
+    out = tmp_path / "out"
+    prepare_dataset("mimic", raw, out, size=16, workers=1, skip_bad=True, max_skipped_fraction=1.0, progress=False)
+    subjects = {p.name[1:] for p in raw.glob("files/p*/p*")}
+    assert subjects and json.loads((out / "meta.json").read_text())["problems"]
+    assert_absent(out, sorted(subjects), "")
