@@ -22,7 +22,8 @@ def test_console_names_file_row_column_and_meta_hashes_the_id(tmp_path):
                   line=7, column="Target", image="patient-42")
     q = probs.add("missing_file", "image file not found", path="files/p10/p10000032/a.jpg", table="meta.csv",
                   line=3, image="a")
-    assert p.console() == "labels.csv: line 7: column 'Target': value '2'; expected one of [0.0, 1.0] or blank"
+    assert p.console() == ("labels.csv: line 7: column 'Target': image patient-42: value '2'; expected one of "
+                           "[0.0, 1.0] or blank")
     assert q.console() == "files/p10/p10000032/a.jpg (meta.csv: line 3): image file not found"
     record = p.record("salt")
     assert record["image"] == hash_id("patient-42", "salt") != hash_id("patient-42", "other")
