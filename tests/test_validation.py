@@ -179,11 +179,20 @@ def test_derived_method_entry_is_checked_against_its_registered_method(params):
 
 def test_the_section_as_resolved_with_its_preset_is_checked(params):
     """The code preset brings Bio_ClinicalBERT's freeze_layers 9; with the user's 6-layer MiniLM the run would fail."""
-    entry = {"method": "g2d", "variant": "code", "backbone": "resnet18", "image_size": 64,
-             "text": {"name_or_path": "minilm", "max_length": 64}}
-    bad = _set(params, "pretrain.methods.g2d_code", entry)
-    _rejects(bad, "pretrain.methods.g2d_code.text.freeze_layers", "9 layers to freeze", "has 6")
-    config.validate_params(_set(bad, "pretrain.methods.g2d_code.text.freeze_layers", 4))
+    bad = _set(params, "pretrain.methods.g2d.text", {"name_or_path": "minilm", "max_length": 64})
+    bad = _set(bad, "pretrain.methods.g2d.variant", "code")
+    _rejects(bad, "pretrain.methods.g2d.text.freeze_layers", "9 layers to freeze", "has 6")
+    config.validate_params(_set(bad, "pretrain.methods.g2d.text.freeze_layers", 4))
+
+
+def test_entries_derive_from_entries(params):
+    chain = _set(params, "pretrain.methods.g2d_median", {"method": "g2d", "pseudo_mask": {"percentile": 50.0}})
+    chain = _set(chain, "pretrain.methods.g2d_median_code", {"method": "g2d_median", "variant": "code"})
+    config.validate_params(chain)  # g2d_median_code is G2D: checked against g2d's schema
+    bad = _set(chain, "pretrain.methods.g2d_median_code.heads", 3)
+    _rejects(bad, "pretrain.methods.g2d_median_code.heads", "3 does not divide embed_dim = 128")
+    loop = _set(chain, "pretrain.methods.g2d_median.method", "g2d_median_code")
+    _rejects(loop, "pretrain.methods.g2d_median.method", "cycle")
 
 
 def test_a_variant_the_method_has_no_preset_for(params):

@@ -27,6 +27,7 @@ import functools
 import importlib.util
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -181,9 +182,14 @@ def _not_registered(kind: str, name: Any, key: str) -> Problem | None:
 # ------------------------------------------------------------------------------------------------ methods
 
 
-def method_base(name: str, section: Mapping[str, Any]) -> str:
-    """The registered method an entry of ``pretrain.methods`` builds: its ``method`` key, else its own name."""
-    return str(section.get("method", name))
+def method_base(params: Mapping[str, Any], name: str, seen: tuple[str, ...] = ()) -> str:
+    """The registered method an entry of ``pretrain.methods`` builds: its ``method`` key (followed when it names
+    another entry, as ``config.entry_section`` does), else its own name. A cycle ends at the entry it revisits."""
+    sections = _get(params, "pretrain", "methods", default={})
+    parent = (sections.get(name) or {}).get("method")
+    if parent is None or parent == name or parent not in sections or parent in seen:
+        return str(parent if parent is not None else name)
+    return method_base(params, str(parent), (*seen, name))
 
 
 def check_methods(params: Mapping[str, Any]) -> Iterator[Problem]:
@@ -194,8 +200,12 @@ def check_methods(params: Mapping[str, Any]) -> Iterator[Problem]:
 
 def _method_problems(params: Mapping[str, Any], name: str, section: Mapping[str, Any]) -> Iterator[Problem]:
     key = f"pretrain.methods.{name}"
-    base = method_base(name, section)
+    base = method_base(params, name)
     missing = _not_registered("method", base, key + (".method" if "method" in section else ""))
+    if missing and base in _get(params, "pretrain", "methods", default={}):
+        yield Problem(missing.key, f"entries derive from each other in a cycle (back to {base!r}); expected a chain "
+                      "ending at a registered method")
+        return
     if missing:
         yield Problem(missing.key, missing.message + "; a named entry derives from one with `method: <name>`")
         return
@@ -269,8 +279,9 @@ def _resolved_method_problems(params: Mapping[str, Any], name: str, base: str) -
     key = f"pretrain.methods.{name}"
     try:
         resolved = config.method_params(params, name)
-    except config.ParamsError as err:
-        yield Problem(f"{key}.variant", str(err).split(": ", 1)[-1])
+    except config.ParamsError as err:  # "key 'pretrain.methods.x.variant': ..." (an unknown variant, a cycle)
+        found = re.match(r"key '([^']+)': (.*)", str(err), re.S)
+        yield Problem(*(found.groups() if found else (key, str(err))))
         return
     what = f"method {base}, as resolved with its variant preset"
     body = {k: v for k, v in resolved.items() if k not in _RESOLVED_EXTRA}
@@ -372,7 +383,7 @@ def check_monitors(params: Mapping[str, Any]) -> Iterator[Problem]:
 
 def _method_backbone(params: Mapping[str, Any], name: str) -> Any:
     section = _get(params, "pretrain", "methods", name, default={}) or {}
-    if _has_presets() and method_base(name, section) in registered("methods"):
+    if _has_presets() and method_base(params, name) in registered("methods"):
         from cxrbench import config
 
         try:
@@ -509,7 +520,7 @@ def _pretrain_batches(params: Mapping[str, Any]) -> Iterator[Problem]:
         return
     for name in params["matrix"]["methods"]:
         section = params["pretrain"]["methods"].get(name) or {}
-        base = method_base(name, section)
+        base = method_base(params, name)
         if base not in registered("methods") or not load_schema("methods", base).get("x-trains"):
             continue
         own = f"pretrain.methods.{name}.engine"
