@@ -126,3 +126,16 @@ def test_delong_hand_computed():
 def test_delong_needs_both_classes():
     with pytest.raises(ValueError, match="positives"):
         delong([0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [1, 0, 0])
+
+
+def test_weighted_auroc_equals_sklearn_on_each_resample_with_ties():
+    from cxrbench.metrics.stats import auroc_weighted, counts
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, size=(40, 2))
+    s = np.round(rng.random((40, 2)), 1)
+    idx = rng.integers(0, 40, size=(6, 40))
+    got = auroc_weighted(s, y, counts(idx, 40), chunk=4)
+    for b in range(6):
+        for k in range(2):
+            assert got[b, k] == pytest.approx(roc_auc_score(y[idx[b], k], s[idx[b], k]))

@@ -81,7 +81,75 @@ def mean_value(scores: Any, targets: Any = None) -> float:
     return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
 
 
-METRICS: dict[str, Metric] = {"auroc": auroc_macro, "accuracy": accuracy, "mean": mean_value}
+def counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) multiplicity of each image in each resample of ``idx`` (B, n)."""
+    b = idx.shape[0]
+    return np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def auroc_weighted(scores: np.ndarray, targets: np.ndarray, w: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Per-column AUROC of B weighted copies of one test set: scores, targets (N, K), w (B, N) image weights
+    (bootstrap multiplicities) -> (B, K). The weighted Mann-Whitney statistic: sum over positive/negative pairs of
+    w_i w_j ([s_i > s_j] + 1/2 [s_i = s_j]) over (sum w_pos)(sum w_neg); with w = 1 it is :func:`auroc_fast`.
+    One sort per column; ties handled per group of equal scores; ``chunk`` resamples at a time bound the memory."""
+    s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    y = np.asarray(targets).reshape(len(targets), -1) > 0.5
+    out = np.empty((w.shape[0], s.shape[1]))
+    for k in range(s.shape[1]):
+        order = np.argsort(s[:, k], kind="mergesort")
+        sk, yk = s[order, k], y[order, k]
+        new_group = np.r_[True, sk[1:] != sk[:-1]]
+        first = np.maximum.accumulate(np.where(new_group, np.arange(len(sk)), 0))  # group start of each element
+        last = np.r_[np.flatnonzero(new_group)[1:], len(sk)][np.cumsum(new_group) - 1]  # one past the group end
+        for b0 in range(0, w.shape[0], chunk):
+            wk = w[b0 : b0 + chunk][:, order]
+            cum = np.concatenate([np.zeros((len(wk), 1)), np.cumsum(wk * ~yk, 1)], 1)  # negatives before index
+            below, tied = cum[:, first], cum[:, last] - cum[:, first]
+            num = (wk * yk * (below + 0.5 * tied)).sum(1)
+            den = (wk * yk).sum(1) * (wk * ~yk).sum(1)
+            out[b0 : b0 + chunk, k] = np.divide(num, den, out=np.full(len(den), np.nan), where=den > 0)
+    return out
+
+
+class _Vectorised:
+    """A metric ``fn(scores, targets) -> float`` with ``resampled(scores, targets, idx (B, N)) -> (B,)``, the same
+    metric on every resample at once (the bootstrap's fast path)."""
+
+    def __init__(self, fn: Metric, resampled: Callable[[Any, Any, np.ndarray], np.ndarray]) -> None:
+        self.fn, self.resampled = fn, resampled
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, scores: Any, targets: Any) -> float:
+        return self.fn(scores, targets)
+
+
+def _auroc_resampled(scores: Any, targets: Any, idx: np.ndarray) -> np.ndarray:
+    auc = auroc_weighted(scores, targets, counts(idx, len(scores)))
+    defined = np.isfinite(auc)
+    total = np.where(defined, auc, 0.0).sum(1)
+    return np.divide(total, defined.sum(1), out=np.full(len(auc), np.nan), where=defined.any(1))
+
+
+def _accuracy_resampled(scores: Any, targets: Any, idx: np.ndarray) -> np.ndarray:
+    correct = (np.argmax(scores, 1) == np.argmax(targets, 1)).astype(np.float64)
+    return correct[idx].mean(1)
+
+
+def _mean_resampled(scores: Any, targets: Any, idx: np.ndarray) -> np.ndarray:
+    return np.asarray(scores, dtype=np.float64)[idx].mean(1)
+
+
+AUROC = _Vectorised(auroc_macro, _auroc_resampled)
+ACCURACY = _Vectorised(accuracy, _accuracy_resampled)
+MEAN = _Vectorised(mean_value, _mean_resampled)
+METRICS: dict[str, Metric] = {"auroc": AUROC, "accuracy": ACCURACY, "mean": MEAN}
+
+
+def resampled_values(fn: Metric, scores: Any, targets: Any, idx: np.ndarray) -> np.ndarray:
+    """(B,) metric values on the resamples ``idx`` (B, N): the vectorised form when ``fn`` has one."""
+    if hasattr(fn, "resampled"):
+        return np.asarray(fn.resampled(scores, targets, idx), dtype=np.float64)
+    return np.array([fn(_take(scores, i), _take(targets, i)) for i in idx], dtype=np.float64)
 
 
 def _metric(metric: str | Metric) -> Metric:
@@ -120,7 +188,7 @@ def bootstrap_ci(
     """
     fn = _metric(metric)
     n = len(scores)
-    values = np.array([fn(_take(scores, i), _take(targets, i)) for i in _indices(n, resamples, seed)])
+    values = resampled_values(fn, scores, targets, _indices(n, resamples, seed))
     values = values[np.isfinite(values)]
     a = (1 - level) / 2
     low, high = (np.quantile(values, [a, 1 - a]) if values.size else (math.nan, math.nan))
@@ -149,11 +217,8 @@ def paired_bootstrap(
     if len(scores_a) != len(scores_b) or len(scores_a) != len(targets):
         raise ValueError(f"paired_bootstrap: {len(scores_a)} / {len(scores_b)} scores for {len(targets)} targets")
     fn = _metric(metric)
-    diffs = []
-    for i in _indices(len(targets), resamples, seed):
-        t = _take(targets, i)
-        diffs.append(fn(_take(scores_a, i), t) - fn(_take(scores_b, i), t))
-    d = np.asarray(diffs, dtype=np.float64)
+    idx = _indices(len(targets), resamples, seed)
+    d = resampled_values(fn, scores_a, targets, idx) - resampled_values(fn, scores_b, targets, idx)
     d = d[np.isfinite(d)]
     effect = float(fn(scores_a, targets) - fn(scores_b, targets))
     if d.size == 0:

@@ -1,121 +1,56 @@
-"""metrics.json files -> one long DataFrame -> tables (published beside reproduced), a figure, DVC summary metrics.
+"""metrics.json + predictions.npz of every run -> the papers' tables (published beside reproduced), statistics,
+figures and DVC metrics/plots.
 
-Each output is one function of the DataFrame; figures read only metrics files (never checkpoints or data).
+:func:`build_report` writes, under the report directory (file names from :func:`cxrbench.matrix.report_files`):
+``tables/<paper>_<table>.{md,csv,tex}`` (one set per published table), ``tables/scorecard.*`` and
+``tables/comparisons.*``, ``runs.csv`` (every metric of every run with its bootstrap interval), ``summary.json``
+and ``metrics/<table>.json`` (DVC metrics), ``figures/<name>.{png,svg}`` and ``plots/`` (DVC plot data).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cxrbench import matrix
-from cxrbench.report.published import load_published, published_for
+from cxrbench.report import figures, runs, tables
+from cxrbench.report.published import load_published, published_rows
+from cxrbench.report.runs import collect, primary_metric, summarize
 
-#: the metric each task is summarised by (the papers' headline metric, in its reference form)
-PRIMARY = {
-    "linear": "AUROC", "finetune": "AUROC", "segmentation": "Dice@reference", "segmentation_ed": "Dice@reference",
-    "detection": "mAP@reference",
-    "zeroshot": "AUROC", "grounding": "PointingGame",
-}
-PRIMARY_BY_DATASET = {("linear", "covidx"): "ACC"}
-#: what the comparison table shows per task (every metric of every run is in runs.csv)
-TABLE_METRICS = {
-    "linear": ("AUROC", "ACC"), "finetune": ("AUROC",), "segmentation": ("Dice@reference", "Dice@strict"),
-    "segmentation_ed": ("Dice@reference", "Dice@strict"), "detection": ("mAP@reference", "mAP@strict"),
-    "zeroshot": ("AUROC", "F1", "ACC"), "grounding": ("PointingGame", "IoU", "Dice"),
-}
+__all__ = ["build_report", "collect", "primary_metric", "summarize"]
 
 
-def primary_metric(task: str, dataset: str) -> str:
-    return PRIMARY_BY_DATASET.get((task, dataset), PRIMARY.get(task, "AUROC"))
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
-def collect(params: Mapping[str, Any], runs_dir: Path) -> pd.DataFrame:
-    """One row per (run, metric): method, task, dataset, fraction, seed, status, reason, metric, value."""
-    rows = []
-    for run in matrix.runs(params):
-        path = Path(run.metrics_path(str(runs_dir)))
-        if not path.exists():
-            raise FileNotFoundError(f"report: missing {path} (run the evaluate phase first)")
-        result = json.loads(path.read_text())
-        base = {"method": run.method, "task": run.task, "dataset": run.dataset, "fraction": run.fraction,
-                "seed": run.seed, "status": result.get("status", "ok"), "reason": result.get("reason")}
-        metrics = result.get("metrics") or {}
-        if not metrics:
-            rows.append({**base, "metric": None, "value": math.nan})
-        rows += [{**base, "metric": k, "value": float(v)} for k, v in metrics.items() if _is_number(v)]
-    return pd.DataFrame(rows)
+def _save_figure(fig: Any, png: Path, svg: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for path in (png, svg):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    plt.close(fig)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def summarize(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd, n and 95% CI over seeds for every (method, task, dataset, fraction, metric)."""
-    from cxrbench.metrics.stats import summarize as stats
-
-    ok = long[(long["status"] == "ok") & long["metric"].notna() & ~long["metric"].str.contains("/", na=False)]
-    keys = ["task", "dataset", "metric", "fraction", "method"]
-    out = []
-    for key, group in ok.groupby(keys, sort=True):
-        out.append({**dict(zip(keys, key, strict=True)), **stats(group["value"].tolist())})
-    return pd.DataFrame(out)
-
-
-def table(summary: pd.DataFrame, long: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table: reproduced (percent, mean +/- sd over seeds) beside the published value and source."""
-    rows = []
-    for rec in summary.to_dict("records"):
-        if rec["metric"] not in TABLE_METRICS.get(rec["task"], (primary_metric(rec["task"], rec["dataset"]),)):
-            continue
-        pub = published_for(published, rec["method"], rec["task"], rec["dataset"], rec["metric"], rec["fraction"])
-        mean = 100.0 * rec["mean"]
-        pub_num = pd.to_numeric(pub["published"], errors="coerce")
-        rows.append({
-            "task": rec["task"], "dataset": rec["dataset"], "metric": rec["metric"], "fraction_pct": rec["fraction"],
-            "method": rec["method"], "reproduced": round(mean, 2),
-            "sd": round(100.0 * rec["sd"], 2) if rec["n"] > 1 else None, "n_seeds": rec["n"],
-            "ci95": _ci(rec), "published": pub["published"],
-            "difference": round(mean - float(pub_num), 2) if pd.notna(pub_num) else None, "source": pub["source"],
-        })
-    na = long[long["status"] == "not_applicable"].drop_duplicates(["method", "task", "dataset"])
-    for rec in na.to_dict("records"):
-        rows.append({
-            "task": rec["task"], "dataset": rec["dataset"], "metric": primary_metric(rec["task"], rec["dataset"]),
-            "fraction_pct": rec["fraction"], "method": rec["method"], "reproduced": None,
-            "published": "", "source": f"not applicable: {rec['reason']}",
-        })
-    return pd.DataFrame(rows)
-
-
-def _ci(rec: Mapping[str, Any]) -> str | None:
-    if rec.get("ci95_low") is None or rec["n"] < 3:
-        return None
-    return f"[{100 * rec['ci95_low']:.2f}, {100 * rec['ci95_high']:.2f}]"
-
-
-def markdown(tab: pd.DataFrame, scale: str) -> str:
-    """One Markdown section per task, primary metrics first."""
-    lines = [
-        "# cxrbench results", "",
-        f"Scale: **{scale}**. Reproduced values are percentages (mean over seeds; sd when n > 1). Segmentation and",
-        "detection use the *reference* metric forms (MGCA's Dice and mAP quirks) to match the published column;",
-        "the strict forms are in `runs.csv`. Zero-shot F1/ACC use the max-F1 threshold chosen on the test set,",
-        "as published.",
-        "",
-    ]
-    for task, part in tab.groupby("task", sort=False):
-        shown = part.drop(columns=["task"]).astype(object)
-        shown = shown.where(shown.notna(), "")  # blank, not "nan", where a cell has no value (e.g. sd of one seed)
-        lines += [f"## {task}", "", shown.to_markdown(index=False), ""]
-    return "\n".join(lines)
+def context(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What every table states: scale, split protocol, seeds, bootstrap settings."""
+    boot = params.get("report", {}).get("bootstrap", {})
+    return {"scale": params.get("scale", "custom"),
+            "split_protocol": params.get("data", {}).get("split_protocol", "as in data.split_protocol"),
+            "seeds": list(params["matrix"]["seeds"]), "resamples": int(boot.get("resamples", 200)),
+            "boot_seed": int(boot.get("seed", 0))}
 
 
 def summary_metrics(summary: pd.DataFrame) -> dict[str, Any]:
@@ -129,27 +64,8 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def figure(summary: pd.DataFrame):
-    """Primary metric against the training fraction, one panel per (task, dataset), one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import seaborn as sns
-
-    keep = [m == primary_metric(t, d) for t, d, m in zip(summary.task, summary.dataset, summary.metric, strict=True)]
-    data = summary[keep].copy()
-    data["panel"] = data["task"] + " / " + data["dataset"] + " (" + data["metric"] + ")"
-    data["value"] = 100.0 * data["mean"]
-    grid = sns.relplot(data=data, x="fraction", y="value", hue="method", col="panel", col_wrap=4, kind="line",
-                       marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False})
-    grid.set(xscale="log", xticks=[1, 10, 100], xticklabels=["1%", "10%", "100%"])
-    grid.set_titles("{col_name}", size=8)
-    grid.set_axis_labels("training fraction", "metric (%)")
-    return grid.figure
-
-
 def pretrain_curves(params: Mapping[str, Any]) -> pd.DataFrame:
-    """Pretraining loss per method on a shared step axis (what ``dvc plots`` draws)."""
+    """Pretraining loss per method on a shared step axis: ``step`` + one column per method."""
     frames = []
     for method in params["matrix"]["methods"]:
         path = Path(matrix.checkpoint_dir(params, method)) / "curves.csv"
@@ -162,28 +78,116 @@ def pretrain_curves(params: Mapping[str, Any]) -> pd.DataFrame:
     return pd.concat(frames, axis=1).sort_index().reset_index()
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _examples(params: Mapping[str, Any], runs_dir: Path, task: str) -> dict[str, dict[str, np.ndarray]]:
+    """{"<method> <dataset> <fraction>%": examples.npz arrays} of each method's run of ``task`` on its first
+    dataset, largest fraction, first seed (the runs the example figures show)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    chosen: dict[str, matrix.Run] = {}
+    for run in matrix.runs(params):
+        best = chosen.get(run.method)
+        if run.task == task and (best is None or (run.dataset == best.dataset
+                                                  and (-run.fraction, run.seed) < (-best.fraction, best.seed))):
+            chosen[run.method] = run
+    for run in chosen.values():
+        path = Path(run.directory(str(runs_dir))) / "examples.npz"
+        if path.exists():
+            with np.load(path) as f:
+                out[f"{run.method} {run.dataset} {run.fraction}%"] = {k: f[k] for k in f.files}
+    return out
 
 
-def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path) -> list[Path]:
-    """Write table.csv, table.md, runs.csv, summary.json, figure.png, pretrain_curves.csv into ``out_dir``."""
+def _pretrain_examples(params: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for method in params["matrix"]["methods"]:
+        path = Path(matrix.checkpoint_dir(params, method)) / "examples.npz"
+        if path.exists():
+            with np.load(path) as f:
+                out[method] = {k: f[k] for k in f.files}
+    return out
+
+
+def figure_functions(params: Mapping[str, Any], runs_dir: Path, summary: pd.DataFrame,
+                     curves: pd.DataFrame) -> dict[str, Callable[[], Any]]:
+    """{figure name: () -> Figure}: each a call of one :mod:`cxrbench.report.figures` function."""
+    primary = {(t, d): primary_metric(t, d) for t, d in summary[["task", "dataset"]].drop_duplicates().values}
+    return {
+        "data_efficiency": lambda: figures.data_efficiency(summary, primary),
+        "auroc_heatmap": lambda: figures.auroc_heatmap(summary),
+        "pseudo_mask_gallery": lambda: figures.pseudo_mask_gallery(_pretrain_examples(params)),
+        "segmentation_examples": lambda: figures.segmentation_examples(_examples(params, runs_dir, "segmentation")),
+        "grounding_overlays": lambda: figures.grounding_overlays(_examples(params, runs_dir, "grounding")),
+        "detection_examples": lambda: figures.detection_examples(_examples(params, runs_dir, "detection")),
+        "pretrain_loss": lambda: figures.pretrain_loss(curves),
+    }
+
+
+def _write_table(files: Mapping[str, Path], stem: str, title: str, notes: list[str], table: pd.DataFrame) -> None:
+    _write(files[f"{stem}_md"], tables.to_markdown(title, notes, table))
+    _write(files[f"{stem}_csv"], tables.to_csv(notes, table))
+    _write(files[f"{stem}_tex"], tables.to_latex(title, notes, table))
+
+
+def _comparison_table(comp: pd.DataFrame) -> pd.DataFrame:
+    shown = comp.copy()
+    for c in ("effect", "effect_low", "effect_high"):
+        shown[c] = (100 * shown[c]).round(2)
+    for c in ("p_bootstrap", "p_delong"):
+        shown[c] = shown[c].map(lambda p: "" if pd.isna(p) else f"{p:.3g}")
+    return shown
+
+
+def _plots(files: Mapping[str, Path], summary: pd.DataFrame, curves: pd.DataFrame) -> None:
+    """DVC plot data: ``plots/pretrain_loss.csv`` (step, one column per method) and ``plots/efficiency.csv``
+    (fraction, one column per method x task/dataset on its primary metric, in percent)."""
+    _write(files["plot_pretrain_loss"], curves.to_csv(index=False))
+    keep = [primary_metric(t, d) == m for t, d, m in zip(summary.task, summary.dataset, summary.metric, strict=True)]
+    part = summary[keep]
+    part = part.assign(series=part.task + "/" + part.dataset + "/" + part.method, value=100 * part["mean"])
+    wide = part.pivot_table(index="fraction", columns="series", values="value").reset_index() if len(part) else \
+        pd.DataFrame({"fraction": []})
+    _write(files["plot_efficiency"], wide.to_csv(index=False))
+
+
+def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, with_figures: bool = True) -> list[Path]:
+    """Write every report file (see the module docstring) under ``out_dir``; returns their paths
+    (``with_figures=False``: everything but the figures, for tests of the tables)."""
+    cfg = params.get("report", {})
+    ctx = context(params)
+    demo = ctx["scale"] == "demo"
     long = collect(params, runs_dir)
-    summary = summarize(long)
-    extra = params.get("report", {}).get("published_extra", [])
-    tab = table(summary, long, load_published(extra))
-    files = {name: out_dir / name for name in ("table.csv", "table.md", "runs.csv", "summary.json", "figure.png",
-                                                "pretrain_curves.csv")}
-    _write(files["table.csv"], tab.to_csv(index=False))
-    _write(files["table.md"], markdown(tab, params.get("scale", "custom")))
-    _write(files["runs.csv"], long.to_csv(index=False))
-    _write(files["summary.json"], json.dumps(summary_metrics(summary), indent=2, sort_keys=True))
-    _write(files["pretrain_curves.csv"], pretrain_curves(params).to_csv(index=False))
-    fig = figure(summary)
-    tmp = files["figure.png"].with_name("figure.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, files["figure.png"])
+    preds = runs.predictions(params, runs_dir)
+    boot = runs.bootstrap(preds, ctx["resamples"], ctx["boot_seed"])
+    summary = summarize(long, boot)
+    published = load_published(cfg.get("published_extra", []))
+    rows = published_rows(cfg.get("published_rows"))
+    methods = list(params["matrix"]["methods"])
+    files = {k: Path(out_dir) / Path(v).relative_to(params["paths"]["report"])
+             for k, v in matrix.report_files(params).items()}
+    cards = []
+    for spec in tables.TABLES:
+        table, reasons = tables.paper_table(spec, published, summary, long, rows, methods)
+        _write_table(files, spec.name, spec.title, tables.header_notes([f"Metric: {spec.form}.", *spec.notes,
+                                                                          *reasons], ctx), table)
+        _write(files[f"metrics_{spec.name}"], json.dumps(tables.table_metrics(spec, summary, published, rows),
+                                                         indent=2, sort_keys=True))
+        cards.append(tables.scorecard(spec, published, summary, rows, demo))
+    card_notes = tables.header_notes(["Every published number with a reproduced value; low/high: the reproduced "
+                                      "95% interval" + ("" if demo else "; inside: the published value lies in it")],
+                                     ctx)
+    _write_table(files, "scorecard", "Scorecard: published vs reproduced", card_notes, pd.concat(cards))
+    comp = runs.comparisons(preds, methods, resamples=ctx["resamples"], seed=ctx["boot_seed"])
+    comp_notes = tables.header_notes(["Paired tests on the same test images: effect = method - baseline in "
+                                      "percentage points, its paired-bootstrap 95% interval and two-sided p; "
+                                      "DeLong's p for single-label AUROC."], ctx)
+    _write_table(files, "comparisons", "Paired comparisons between methods", comp_notes, _comparison_table(comp))
+    merged = long.merge(boot, on=[*runs.KEYS, "metric"], how="left") if len(boot) else long
+    _write(files["runs_csv"], merged.to_csv(index=False))
+    _write(files["summary"], json.dumps(summary_metrics(summary), indent=2, sort_keys=True))
+    curves = pretrain_curves(params)
+    _write(files["curves"], curves.to_csv(index=False))
+    _plots(files, summary, curves)
+    if not with_figures:
+        return [f for k, f in files.items() if not k.startswith("figure_")]
+    for name, make in figure_functions(params, runs_dir, summary, curves).items():
+        _save_figure(make(), files[f"figure_{name}_png"], files[f"figure_{name}_svg"])
     return list(files.values())

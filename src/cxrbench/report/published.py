@@ -8,7 +8,7 @@ adds them to a CSV of the same columns (``table,task,dataset,metric,method,fract
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -40,6 +40,40 @@ METRIC_NAMES = {
     "AUROC": "AUROC", "ACC": "ACC", "F1": "F1", "Dice@reference": "Dice", "mAP@reference": "mAP",
     "PointingGame": "Recall", "IoU": "IoU", "Dice": "Dice",
 }
+
+
+#: matrix method name -> published row name: a method of the papers' tables, or ``"ablation: <Table 5 row>"``
+#: for a derived G2D entry. ``report.published_rows`` (when given) is merged over this default.
+PUBLISHED_ROWS = {
+    **METHOD_NAMES,
+    "g2d_p75": "ablation: threshold: 75th percentile", "g2d_median": "ablation: threshold: median",
+    "g2d_gmm": "ablation: threshold: GMM", "g2d_heads1": "ablation: heads 1", "g2d_heads2": "ablation: heads 2",
+    "g2d_heads4": "ablation: heads 4", "g2d_proj256": "ablation: projector dim 256",
+    "g2d_proj512": "ablation: projector dim 512", "g2d_dec_none": "ablation: decoder loss: none",
+    "g2d_dec_recon": "ablation: decoder loss: reconstruction", "g2d_no_body_mask": "ablation: without body mask",
+    "g2d_no_edge_smoothing": "ablation: without edge smoothing",
+    "g2d_no_head_agg": "ablation: without head aggregation",
+    "g2d_shuffled": "ablation: shuffled pseudo masks (Table 8)",
+}
+#: Table 5's full-model row: the G2D defaults (85th percentile, pseudo-segmentation decoder loss)
+FULL_MODEL_ABLATION = "decoder loss: pseudo seg"
+#: published row names whose paper tables are not in the project (their published cells say so)
+NOT_ENTERED = ("RAD-DINO",)
+#: (published row, project task) -> the row's name in tables that split it by setting (G2D Table 1)
+ROW_TASK_NAMES = {
+    ("G2D", "segmentation"): "G2D (encoder)", ("G2D", "detection"): "G2D (encoder)",
+    ("G2D", "segmentation_ed"): "G2D (encoder-decoder)",
+}
+#: project task -> published task for the Table 7 settings (the lead's matrix names them; unknown tasks stay blank)
+PUBLISHED_TASKS = {
+    **TASK_NAMES, "segmentation_ft": "segmentation (encoder updated)",
+    "finetune_medklip": "fine-tuned classification (MedKLIP split)",
+}
+
+
+def published_rows(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The matrix-method -> published-row mapping: :data:`PUBLISHED_ROWS` with ``overrides`` on top."""
+    return {**PUBLISHED_ROWS, **dict(overrides or {})}
 
 
 def load_published(extra: Iterable[str | Path] = ()) -> pd.DataFrame:

@@ -1,0 +1,308 @@
+"""The papers' tables in their own shape, each cell "published | reproduced mean [95% interval]".
+
+A :class:`PaperTable` names one published table; :func:`paper_table` lays it out from the published cells
+(``resources/published``) and the reproduced summary (:func:`cxrbench.report.runs.summarize`): the paper's rows
+(every method it lists, reproduced part blank when the matrix did not run it), the paper's columns, then the
+matrix methods the paper does not list (RAD-DINO: published part "not yet entered"). :func:`scorecard` lists every
+published number that has a reproduced value. Writers give Markdown, CSV and LaTeX (booktabs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from cxrbench.report.published import (
+    DATASET_NAMES,
+    FULL_MODEL_ABLATION,
+    METRIC_NAMES,
+    NOT_ENTERED,
+    PUBLISHED_TASKS,
+    ROW_TASK_NAMES,
+)
+
+DEMO_WARNING = "synthetic demo data, not comparable to the published values"
+ZERO_SHOT = ("zeroshot", "grounding")
+COLUMN = ["task", "dataset", "metric", "fraction"]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One published table: ``name`` (file stem), the ``table`` value of its published rows, a title, and what its
+    metric form is (stated above the table)."""
+
+    name: str
+    table: str
+    title: str
+    form: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_SEG_DET = ("Dice and mAP in their reference forms (MGCA: empty-mask Dice quirk, batch means; mAP over images "
+            "with >= 1 detection and >= 1 box), as published; strict forms in runs.csv")
+TABLES: tuple[PaperTable, ...] = (
+    PaperTable("g2d_table1", "Table 1", "G2D Table 1: semantic segmentation (Dice) and object detection (mAP)",
+               _SEG_DET),
+    PaperTable("g2d_table2a", "Table 2a", "G2D Table 2a: zero-shot visual grounding",
+               "pointing game (recall), IoU and Dice of the binarised similarity map"),
+    PaperTable("g2d_table2b", "Table 2b", "G2D Table 2b: zero-shot image classification",
+               "AUROC; F1 and ACC at the max-F1 threshold chosen on the test set (as published)"),
+    PaperTable("g2d_table3", "Table 3", "G2D Table 3: fine-tuned classification on ChestX-ray14, per disease",
+               "AUROC per disease and macro mean (sklearn roc_auc_score)"),
+    PaperTable("g2d_table4", "Table 4", "G2D Table 4: linear classification",
+               "AUROC (CheXpert macro over 5 labels, RSNA), accuracy (COVIDx)"),
+    PaperTable("g2d_table5", "Table 5", "G2D Table 5 (and Table 8): ablations at 1% training data",
+               _SEG_DET, ("Rows are derived G2D matrix entries (report.published_rows maps them); the full model "
+                          f"row is '{FULL_MODEL_ABLATION}'.",)),
+    PaperTable("g2d_table7", "Table 7", "G2D Table 7: segmentation with the encoder updated; NIH fine-tuning on "
+               "MedKLIP's split", _SEG_DET,
+               ("Reproduced cells come from the tasks segmentation_ft / finetune_medklip when the matrix runs them; "
+                "MedKLIP's split files are used only where they are public, otherwise the cells stay blank.",)),
+    PaperTable("mflag_published", "M-FLAG", "M-FLAG's published numbers (from G2D Table 1 and other sources)",
+               _SEG_DET, ("Sources that do not state a training fraction are placed at 100%.",)),
+)
+
+
+def _norm_fraction(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "<NA>" \
+        else str(value)
+
+
+def published_cells(published: pd.DataFrame, spec: PaperTable) -> pd.DataFrame:
+    """The table's published cells as rows (row, task, dataset, metric, fraction, value, source), in paper order.
+    Table 5's rows are its ablation settings; the M-FLAG table gathers every M-FLAG row, one row per source."""
+    if spec.table == "M-FLAG":
+        part = published[published["method"] == "M-FLAG"].copy()
+        part["row"] = "M-FLAG (" + part["table"].str.replace("aggregator", "benchmark aggregator") + ")"
+        trained = ~part["task"].str.startswith("zero-shot")
+        part["fraction_pct"] = [f if (f or not t) else "100" for f, t in
+                                zip(part["fraction_pct"].map(_norm_fraction), trained, strict=True)]
+    else:
+        part = published[published["table"] == spec.table].copy()
+        part["row"] = part["method"]
+    if spec.table == "Table 5":
+        split = part["task"].str.split(" | ", n=1, regex=False)
+        part["row"] = split.str[0].str.removeprefix("ablation: ")
+        part["task"] = split.str[1]
+    part["fraction"] = part["fraction_pct"].map(_norm_fraction)
+    return part[["row", *COLUMN, "value", "source"]].reset_index(drop=True)
+
+
+def _published_metric(metric: str) -> str | None:
+    if metric.startswith("AUROC/"):
+        return "AUROC:" + metric.split("/", 1)[1]
+    return METRIC_NAMES.get(metric)
+
+
+def _row_name(method: str, task: str, rows: Mapping[str, str], spec: PaperTable, table_rows: set[str]) -> str | None:
+    """The table row a matrix method's run lands in (``None``: not in this table)."""
+    name = rows.get(method, method)
+    ablation = name.startswith("ablation: ")
+    if spec.table == "Table 5":
+        return name.removeprefix("ablation: ") if ablation else FULL_MODEL_ABLATION if name == "G2D" else None
+    if ablation:
+        return None
+    if spec.table == "M-FLAG":
+        return name if name == "M-FLAG" else None
+    variant = ROW_TASK_NAMES.get((name, task))
+    if variant in table_rows:
+        return variant
+    return None if task == "segmentation_ed" else name  # the encoder-decoder setting has rows of its own only
+
+
+def reproduced_cells(summary: pd.DataFrame, rows: Mapping[str, str], spec: PaperTable,
+                     table_rows: set[str]) -> pd.DataFrame:
+    """The summary in the table's naming: row, task, dataset, metric, fraction (published names) + method and the
+    summary's statistics (mean, sd, n, low, high in [0, 1])."""
+    out = []
+    for rec in summary.to_dict("records"):
+        metric = _published_metric(rec["metric"])
+        row = _row_name(rec["method"], rec["task"], rows, spec, table_rows)
+        if metric is None or row is None:
+            continue
+        fraction = "" if rec["task"] in ZERO_SHOT else str(rec["fraction"])
+        out.append({**rec, "row": row, "task": PUBLISHED_TASKS.get(rec["task"], rec["task"]),
+                    "dataset": DATASET_NAMES.get(rec["dataset"], rec["dataset"]), "metric": metric,
+                    "fraction": fraction})
+    return pd.DataFrame(out, columns=["row", *COLUMN, "method", "mean", "sd", "n", "low", "high"])
+
+
+def fmt_reproduced(rec: Mapping[str, Any] | None) -> str:
+    """``mean [low, high]`` (``mean ± sd [low, high]`` over several seeds) in percent; blank without a value."""
+    if rec is None or not _finite(rec.get("mean")):
+        return ""
+    text = f"{100 * rec['mean']:.1f}"
+    if rec.get("n", 1) > 1 and _finite(rec.get("sd")):
+        text += f" ± {100 * rec['sd']:.1f}"
+    if _finite(rec.get("low")) and _finite(rec.get("high")):
+        text += f" [{100 * rec['low']:.1f}, {100 * rec['high']:.1f}]"
+    return text
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def column_labels(cols: Sequence[tuple]) -> list[str]:
+    """Readable labels from (task, dataset, metric, fraction) keys: only the parts that vary, fraction as '1%';
+    Table 3's 'AUROC:<disease>' shows as the disease, its macro 'AUROC' as 'Mean'."""
+    varies = [len({c[i] for c in cols}) > 1 for i in range(3)]
+    per_disease = any(str(c[2]).startswith("AUROC:") for c in cols)
+    labels = []
+    for task, dataset, metric, fraction in cols:
+        parts = [task] if varies[0] else []
+        parts += [dataset] if varies[1] else []
+        if per_disease:
+            parts.append(metric.split(":", 1)[1] if ":" in metric else "Mean")
+        elif varies[2]:
+            parts.append(metric)
+        parts += [f"{fraction}%"] if fraction else []
+        labels.append(" ".join(parts) or metric)
+    return labels
+
+
+def paper_table(spec: PaperTable, published: pd.DataFrame, summary: pd.DataFrame, long: pd.DataFrame,
+                rows: Mapping[str, str], methods: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """(table, notes): one row per published method then per reproduced-only method, one column per published
+    (task, dataset, metric, fraction), each cell ``"<published> | <reproduced>"``."""
+    pub = published_cells(published, spec)
+    table_rows = list(dict.fromkeys(pub["row"]))
+    rep = reproduced_cells(summary, rows, spec, set(table_rows))
+    cols = list(dict.fromkeys(map(tuple, pub[COLUMN].itertuples(index=False, name=None))))
+    pub_map = {(r["row"], *[r[c] for c in COLUMN]): str(r["value"]) for r in pub.to_dict("records")}
+    rep_map = {(r["row"], *[r[c] for c in COLUMN]): r for r in rep.to_dict("records")}
+    extra = _extra_rows(methods, rows, spec, set(table_rows))
+    notes = _not_applicable(long, rows, spec, set(table_rows) | {r for r, _ in extra}, {c[0] for c in cols})
+    data = []
+    for row, unpublished in [(r, None) for r in table_rows] + extra:
+        cells = {}
+        for col, label in zip(cols, column_labels(cols), strict=True):
+            published_part = unpublished or pub_map.get((row, *col), "")
+            reproduced = fmt_reproduced(rep_map.get((row, *col)))
+            if not reproduced and (row, col[0]) in notes:
+                reproduced = "n/a"
+            cells[label] = f"{published_part} | {reproduced}".strip() if published_part or reproduced else ""
+        data.append({"method": row, **cells})
+    reasons = sorted({f"{r}, {t}: n/a, {why}" for (r, t), why in notes.items()})
+    return pd.DataFrame(data, columns=["method", *column_labels(cols)]), reasons
+
+
+def _extra_rows(methods: Sequence[str], rows: Mapping[str, str], spec: PaperTable,
+                table_rows: set[str]) -> list[tuple[str, str]]:
+    """Matrix methods the table does not list: (row name, what the published part says)."""
+    out = []
+    for m in methods:
+        name = rows.get(m, m)
+        row = _row_name(m, "", rows, spec, table_rows)
+        variants = {v for (n, _), v in ROW_TASK_NAMES.items() if n == name}
+        if row is None or row in table_rows or variants & table_rows or row in [r for r, _ in out]:
+            continue
+        out.append((row, "not yet entered" if name in NOT_ENTERED else "not published"))
+    return out
+
+
+def _not_applicable(long: pd.DataFrame, rows: Mapping[str, str], spec: PaperTable, table_rows: set[str],
+                    tasks: set[str]) -> dict[tuple[str, str], str]:
+    """{(row, published task): reason} for the runs the matrix recorded as not applicable."""
+    na = long[long["status"] == "not_applicable"].drop_duplicates(["method", "task"])
+    out = {}
+    for rec in na.to_dict("records"):
+        row = _row_name(rec["method"], rec["task"], rows, spec, table_rows)
+        task = PUBLISHED_TASKS.get(rec["task"], rec["task"])
+        if row is not None and task in tasks:
+            out[(row, task)] = str(rec["reason"])
+    return out
+
+
+def scorecard(spec: PaperTable, published: pd.DataFrame, summary: pd.DataFrame, rows: Mapping[str, str],
+              demo: bool) -> pd.DataFrame:
+    """Every published number of the table that has a reproduced value: published, reproduced, interval, and
+    (not at demo scale) the difference and whether the published value lies inside the reproduced interval."""
+    pub = published_cells(published, spec)
+    table_rows = set(pub["row"])
+    rep = reproduced_cells(summary, rows, spec, table_rows)
+    merged = pub.merge(rep, on=["row", *COLUMN], how="inner")
+    merged["published_num"] = pd.to_numeric(merged["value"], errors="coerce")
+    merged = merged[merged["published_num"].notna() & merged["mean"].notna()]
+    cols = list(dict.fromkeys(map(tuple, pub[COLUMN].itertuples(index=False, name=None))))
+    label = dict(zip(cols, column_labels(cols), strict=True))
+    out = pd.DataFrame({
+        "table": spec.name, "row": merged["row"], "column": [label[tuple(r)] for r in merged[COLUMN].values],
+        "method": merged["method"], "published": merged["published_num"],
+        "reproduced": (100 * merged["mean"]).round(2), "low": (100 * merged["low"]).round(2),
+        "high": (100 * merged["high"]).round(2),
+    })
+    if not demo:
+        out["difference"] = (out["reproduced"] - out["published"]).round(2)
+        out["inside"] = [bool(lo <= p <= hi) if _finite(lo) and _finite(hi) else None
+                         for p, lo, hi in zip(out["published"], out["low"], out["high"], strict=True)]
+    return out.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- writers
+
+
+def header_notes(spec_notes: Sequence[str], context: Mapping[str, Any]) -> list[str]:
+    """The lines every table starts with: the demo warning first, then form, protocol, scale, seeds, intervals."""
+    lines = [f"**{DEMO_WARNING}**"] if context.get("scale") == "demo" else []
+    lines += [
+        f"Scale: {context.get('scale', 'custom')}. Split protocol: {context.get('split_protocol', 'not recorded')}. "
+        f"Seeds: {context.get('seeds', [])}.",
+        *spec_notes,
+        "Cells: published | reproduced mean over seeds (± sd when several) [95% interval], in percent. The interval "
+        f"is the percentile bootstrap over test images ({context.get('resamples')} resamples, seed "
+        f"{context.get('boot_seed')}) for one or two seeds (mean of the per-seed bounds), the t interval over "
+        "seeds for three or more. A blank reproduced part: the matrix did not run it.",
+    ]
+    return lines
+
+
+def to_markdown(title: str, notes: Sequence[str], table: pd.DataFrame) -> str:
+    shown = table.astype(str).replace({r"\|": r"\\|"}, regex=True)
+    return "\n".join([f"# {title}", "", *[f"- {n}" for n in notes], "", shown.to_markdown(index=False), ""])
+
+
+def to_csv(notes: Sequence[str], table: pd.DataFrame) -> str:
+    """CSV with the notes as leading ``#`` lines (read back with ``pandas.read_csv(path, comment="#")``)."""
+    head = "".join(f"# {n.replace('**', '')}\n" for n in notes)
+    return head + table.to_csv(index=False)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}", "±": r"$\pm$",
+        "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def tex_escape(text: Any) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(title: str, notes: Sequence[str], table: pd.DataFrame) -> str:
+    """A booktabs ``table`` environment: caption = title, the notes in a footnote-size paragraph below."""
+    cols = list(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\scriptsize", rf"\caption{{{tex_escape(title)}}}",
+             r"\begin{tabular}{l" + "c" * (len(cols) - 1) + "}", r"\toprule",
+             " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_escape(v) for v in rec) + r" \\" for rec in table.astype(str).values.tolist()]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip\footnotesize",
+              " ".join(tex_escape(n.replace("**", "")) for n in notes), r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def table_metrics(spec: PaperTable, summary: pd.DataFrame, published: pd.DataFrame,
+                  rows: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """{row: {column label: reproduced mean (fraction)}} of one table, for ``dvc metrics diff``."""
+    pub = published_cells(published, spec)
+    rep = reproduced_cells(summary, rows, spec, set(pub["row"]))
+    cols = list(dict.fromkeys(map(tuple, pub[COLUMN].itertuples(index=False, name=None))))
+    label = dict(zip(cols, column_labels(cols), strict=True))
+    out: dict[str, dict[str, float]] = {}
+    for rec in rep.to_dict("records"):
+        key = (rec["task"], rec["dataset"], rec["metric"], rec["fraction"])
+        if key in label and _finite(rec["mean"]):
+            out.setdefault(rec["row"], {})[label[key]] = round(float(rec["mean"]), 6)
+    return out
