@@ -210,6 +210,15 @@ def test_all_problems_are_listed(params):
                                                  "pretrain.methods.g2d.backbone"]
 
 
+def test_one_wrong_value_is_one_line(params):
+    """Not echoed by every entry that resolves it, nor by the checks that read it, nor by two schemas."""
+    assert _lines(_set(params, "pretrain.engine.lr", -1)) == [
+        "p.yaml: key 'pretrain.engine.lr': -1 is less than or equal to the minimum of 0"]
+    assert _lines(_set(params, "evaluate.tasks.linear.datasets", "rsna")) == [
+        "p.yaml: key 'evaluate.tasks.linear.datasets': 'rsna' is not of type 'array'"]
+    assert len(_lines(_set(params, "pretrain.methods.g2d.variant", "released"))) == 1
+
+
 def test_cli_validate_prints_every_problem(tmp_path, root, params, capsys):
     from cxrbench import cli
 

@@ -202,7 +202,8 @@ def _method_problems(params: Mapping[str, Any], name: str, section: Mapping[str,
     key = f"pretrain.methods.{name}"
     base = method_base(params, name)
     missing = _not_registered("method", base, key + (".method" if "method" in section else ""))
-    if missing and base in _get(params, "pretrain", "methods", default={}):
+    derives = section.get("method") not in (None, name)
+    if missing and derives and base in _get(params, "pretrain", "methods", default={}):
         yield Problem(missing.key, f"entries derive from each other in a cycle (back to {base!r}); expected a chain "
                       "ending at a registered method")
         return
@@ -286,8 +287,10 @@ def _resolved_method_problems(params: Mapping[str, Any], name: str, base: str) -
     what = f"method {base}, as resolved with its variant preset"
     body = {k: v for k, v in resolved.items() if k not in _RESOLVED_EXTRA}
     yield from schema_problems(body, load_schema("methods", base), key, what)
-    yield from schema_problems(resolved["engine"], {"$ref": "/params.schema.yaml#/$defs/engine", "$id": _BASE},
-                               f"{key}.engine", what)
+    # the engine as written (pretrain.engine, the section's) is checked where it is written: here the preset's part
+    preset = _preset_engine(base, resolved.get("variant"))
+    yield from schema_problems(preset, {"$ref": "/params.schema.yaml#/$defs/engine", "$id": _BASE}, f"{key}.engine",
+                               what)
     yield from _backbone_problems(body, key)
     yield from _text_depth_problems(body, key)
     yield from _shape_problems(body, base, key)
