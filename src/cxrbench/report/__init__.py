@@ -141,7 +141,7 @@ def _plots(files: Mapping[str, Path], summary: pd.DataFrame, curves: pd.DataFram
     (fraction, one column per method x task/dataset on its primary metric, in percent)."""
     _write(files["plot_pretrain_loss"], curves.to_csv(index=False))
     keep = [primary_metric(t, d) == m for t, d, m in zip(summary.task, summary.dataset, summary.metric, strict=True)]
-    part = summary[keep]
+    part = summary[np.asarray(keep, dtype=bool)]
     part = part.assign(series=part.task + "/" + part.dataset + "/" + part.method, value=100 * part["mean"])
     wide = part.pivot_table(index="fraction", columns="series", values="value").reset_index() if len(part) else \
         pd.DataFrame({"fraction": []})

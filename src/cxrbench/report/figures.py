@@ -45,7 +45,7 @@ def data_efficiency(summary: pd.DataFrame, primary: Mapping[tuple[str, str], str
     """summary: :func:`cxrbench.report.runs.summarize`; primary: (task, dataset) -> metric key. One panel per
     (task, dataset) trained at several fractions: mean over seeds vs fraction (log axis), error bars low-high."""
     keep = [primary.get((t, d)) == m for t, d, m in zip(summary.task, summary.dataset, summary.metric, strict=True)]
-    data = summary[keep]
+    data = summary[np.asarray(keep, dtype=bool)]
     panels = [k for k, g in data.groupby(["task", "dataset"], sort=False) if g["fraction"].nunique() > 1]
     if not panels:
         return _empty("no task was run at more than one training fraction")
