@@ -1,3 +1,6 @@
+import json
+import re
+
 import yaml
 
 from cxrbench import dvcsync
@@ -24,3 +27,36 @@ def test_sync_outside_a_dvc_repository_does_nothing(tmp_path, capsys):
 def test_every_dvc_stage_has_a_phase_rule(root):
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     assert set(stages) == set(dvcsync.PHASE_RULES)
+
+
+def test_every_method_curve_goes_through_dvclive_without_zeros(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "convirt").mkdir(parents=True)
+    (ckpts / "g2d").mkdir()
+    (ckpts / "random").mkdir()  # no curves: not trained
+    (ckpts / "convirt" / "curves.csv").write_text("step,epoch,lr,loss,grad_norm\n10,0,0.1,3.5,1.0\n20,1,0.1,3.25,0.5\n")
+    # a validation row (no loss) and a row without grad_norm: neither may become a 0 in a curve
+    (ckpts / "g2d" / "curves.csv").write_text(
+        "step,epoch,lr,loss,loss_dense,val_auroc\n10,0,0.1,4.5,,\n10,0,,,,0.7\n20,1,0.1,4.0,0.5,\n")
+    assert dvcsync.export_dvclive(ckpts, tmp_path / "live") == ["convirt", "g2d"]
+    metrics = tmp_path / "live" / "plots" / "metrics"
+    assert (metrics / "convirt" / "loss.tsv").read_text().split() == ["step", "loss", "10", "3.5", "20", "3.25"]
+    assert (metrics / "g2d" / "loss.tsv").read_text().split() == ["step", "loss", "10", "4.5", "20", "4.0"]
+    assert (metrics / "g2d" / "loss_dense.tsv").read_text().split() == ["step", "loss_dense", "20", "0.5"]
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["convirt"]["loss"] == 3.25 and summary["g2d"]["loss"] == 4.0
+
+
+def test_offline_plots_page_has_no_script_and_draws_each_revision():
+    spec = {"data": {"values": [{"step": "10", "loss": "3.5", "rev": "workspace"},
+                                {"step": "20", "loss": "3.2", "rev": "workspace"},
+                                {"step": "10", "loss": "3.9", "rev": "HEAD"}]},
+            "encoding": {"x": {"field": "step"}},
+            "layer": [{"layer": [{"mark": "line"}], "encoding": {"y": {"field": "loss"}}}]}
+    shown = {"data": {"live/plots/metrics/convirt/loss.tsv": [{"type": "vega", "content": spec}],
+                      "results/report/figure.png": [{"type": "image", "url": "dvc_plots/figure.png"}]}}
+    page = dvcsync.plots_page(shown)
+    assert "<script" not in page and not re.search(r"(src|href)=['\"]https?:", page)  # nothing to fetch
+    assert page.count("<svg") == 1 and "<img src='dvc_plots/figure.png'" in page
+    assert "workspace" in page and "HEAD" in page  # one line per revision, labelled in the legend
+    assert dvcsync._encoding(spec) == {"x": "step", "y": "loss"}

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -143,18 +144,30 @@ def _svg(plot_id: str, specs: list[dict]) -> str:
     return buf.getvalue()[buf.getvalue().find("<svg"):]
 
 
-def _encoding(spec: dict) -> dict[str, str]:
-    """x / y field names of a DVC vega-lite spec (its layers or top-level encoding)."""
-    for node in [spec, *spec.get("layer", []), *(spec.get("spec") or {}).get("layer", [])]:
-        enc = node.get("encoding") or {}
-        if "x" in enc and "y" in enc:
-            return {k: enc[k].get("field") for k in ("x", "y")}
-    return {}
+def _encoding(spec: Any) -> dict[str, str]:
+    """x / y field names of a DVC vega-lite spec: the first ``encoding.x.field`` and ``encoding.y.field`` anywhere
+    in it (DVC puts x at the top and y inside nested layers)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for axis, enc in (node.get("encoding") or {}).items():
+                if axis in ("x", "y") and isinstance(enc, dict) and "field" in enc and "aggregate" not in enc:
+                    found.setdefault(axis, enc["field"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    return found
 
 
-def plots_page(plots: dict[str, list[dict]]) -> str:
-    """A self-contained HTML page (no script, no CDN) of ``dvc plots show --json``'s output: vega plots redrawn
-    as inline SVG, image plots embedded by path."""
+def plots_page(shown: dict[str, Any]) -> str:
+    """A self-contained HTML page (no script, no CDN) of ``dvc plots show --json``'s output (``{"data": {plot id:
+    [entries]}, "errors": [...]}``): vega plots redrawn as inline SVG, image plots embedded by path."""
+    plots = shown.get("data", {})
     parts = ["<!doctype html><meta charset='utf-8'><title>cxrbench: DVC plots</title>", "<h1>DVC plots</h1>"]
     for plot_id, specs in sorted(plots.items()):
         parts.append(f"<h2>{html.escape(plot_id)}</h2>")
@@ -175,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args[1] if len(args) > 1 and args[1].endswith(".html") else "dvc_plots/offline.html")
     extra = [a for a in args[1:] if a != str(out)]
-    done = subprocess.run(["dvc", "plots", "show", "--json", *extra], capture_output=True, text=True, check=False)
+    cmd = [sys.executable, "-m", "dvc", "plots", "show", "--json", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr)
         return done.returncode
