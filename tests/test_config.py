@@ -80,14 +80,7 @@ def test_task_params_keep_task_overrides(params):
     assert "datasets" in p and p["datasets"] == params["evaluate"]["tasks"]["segmentation"]["datasets"]
 
 
-PAPER_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="paper.yaml feeds NIH fine-tuning 256 px (protocol.md) to RAD-DINO's ViT-B/14, which needs multiples of 14: "
-              "the run would raise after pretraining; open until each encoder gets its own input size (issue 15.1)",
-)
-
-
-@pytest.mark.parametrize("name", ["ci.yaml", pytest.param("paper.yaml", marks=PAPER_OPEN)])
+@pytest.mark.parametrize("name", ["ci.yaml", "paper.yaml"])
 def test_bundled_parameter_sets_validate(root, params, name):
     """As ``use-params`` applies them: a complete set replaces params.yaml, an overlay is merged over it."""
     overlay = yaml.safe_load((root / "workflow" / "params" / name).read_text())

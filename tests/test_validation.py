@@ -128,7 +128,6 @@ def test_grad_accum_above_the_batches_of_a_task_epoch(params):
 
 def test_grad_accum_against_the_published_split_sizes(root):
     paper = yamlio.load_file(root / "workflow" / "params" / "paper.yaml")
-    paper = _set(paper, "evaluate.tasks.finetune.image_size", 224)  # see test_paper_set_has_only_the_known_...
     bad = _set(paper, "pretrain.methods.raddino.engine.grad_accum", 10_000)
     config.validate_params(bad)  # MIMIC-CXR's size is not declared: checked at run start instead
     bad = _set(paper, "evaluate.tasks.finetune.engine.grad_accum", 14)  # NIH 1%: <= 779 images = 13 batches of 64
@@ -278,13 +277,10 @@ def test_ci_set_is_valid(root, params):
     config.validate_params(_bundled(root, params, "ci.yaml"), source="ci.yaml")
 
 
-def test_paper_set_has_only_the_known_input_size_problem(root, params):
-    """Found by the patch-size check: protocol.md's 256 px NIH fine-tuning input cannot enter RAD-DINO's ViT-B/14
-    (multiples of 14), so that run would raise after pretraining. Open until each encoder is fed its own input
-    size (issue 15 item 1); nothing else may be wrong with the paper set."""
-    assert _lines(_bundled(root, params, "paper.yaml")) == [
-        "p.yaml: key 'evaluate.tasks.finetune.image_size': 256 is not a multiple of the patch size of the encoder "
-        "of ['raddino'] ([14])"]
+def test_paper_set_is_valid(root, params):
+    """Nothing may be wrong with the paper set (its 256 px NIH fine-tuning reaches RAD-DINO's ViT-B/14: the ViT
+    zero-pads to the next multiple of its patch, models/backbones.py)."""
+    assert _lines(_bundled(root, params, "paper.yaml")) == []
 
 
 # ------------------------------------------------------------------------------------------------ schemas vs code

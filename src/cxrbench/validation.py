@@ -396,21 +396,6 @@ def _method_backbone(params: Mapping[str, Any], name: str) -> Any:
     return section.get("backbone")
 
 
-def check_task_inputs(params: Mapping[str, Any]) -> Iterator[Problem]:
-    """A task's own ``image_size`` is fed to every matrix method's encoder: a multiple of each one's patch."""
-    multiples = {m: input_multiple(_method_backbone(params, m)) for m in _get(params, "matrix", "methods", default=[])}
-    for task in _get(params, "matrix", "tasks", default=[]):
-        section = _get(params, "evaluate", "tasks", task, default={}) or {}
-        sizes = [(f"evaluate.tasks.{task}.image_size", section.get("image_size"))]
-        sizes += [(f"evaluate.tasks.{task}.by_dataset.{d}.image_size", (o or {}).get("image_size"))
-                  for d, o in (section.get("by_dataset") or {}).items()]
-        for key, size in sizes:
-            bad = sorted(m for m, k in multiples.items() if isinstance(size, int) and size % k)
-            if bad:
-                yield Problem(key, f"{size} is not a multiple of the patch size of the encoder of {bad} "
-                              f"({sorted({multiples[m] for m in bad})})")
-
-
 # ------------------------------------------------------------------------------------------------ datasets
 
 
@@ -596,5 +581,5 @@ def _task_places(params: Mapping[str, Any], task: str, dataset: str, fraction: i
     return places
 
 
-CHECKS = (check_methods, check_tasks, check_task_inputs, check_datasets, check_matrix, check_fractions, check_monitors,
+CHECKS = (check_methods, check_tasks, check_datasets, check_matrix, check_fractions, check_monitors,
           check_batches)

@@ -172,3 +172,20 @@ def test_hf_dinov2_layout_gives_the_same_features(tmp_path, layout):
     assert torch.allclose(out.pooled, ref[:, 0], atol=1e-4)
     assert torch.allclose(out.tokens, ref[:, 1:], atol=1e-4)
     assert torch.equal(b.mask_token.data, hf.embeddings.mask_token.data.reshape(1, -1))
+
+
+def test_vit_zero_pads_a_side_that_is_not_a_multiple_of_its_patch():
+    """An 18 x 20 input to a /16 ViT is the same as the 32 x 32 image padded with zeros below and right: a 2 x 2 grid."""
+    import torch
+    import torch.nn.functional as F
+
+    from cxrbench.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny_patch16", img_size=32).eval()
+    x = torch.rand(2, 3, 18, 20)
+    with torch.no_grad():
+        out = vit(x)
+        ref = vit(F.pad(x, (0, 12, 0, 14)))
+    assert out.pyramid[0].shape == (2, vit.out_dim, 2, 2)
+    assert torch.equal(out.pooled, ref.pooled) and torch.equal(out.pyramid[0], ref.pyramid[0])

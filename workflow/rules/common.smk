@@ -11,7 +11,9 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from cxrbench import config as cxconfig
 from cxrbench import matrix
 
-PARAMS = cxconfig.validate_params(config, source="Snakemake config (params.yaml)")
+PARAMS = cxconfig.validate_params(
+    config, source="Snakemake config (params.yaml)", files=workflow.configfiles
+)
 TARGETS = matrix.targets(PARAMS)
 PATHS = PARAMS["paths"]
 SYNTHETIC = PARAMS["synthetic"]

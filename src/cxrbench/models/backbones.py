@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from cxrbench.models._base import Backbone, BackboneOutput
@@ -161,7 +162,8 @@ def _from_hf_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class ViTBackbone(Backbone):
-    """timm ViT (pretrained=False, dynamic image size). For x (B, 3, H, W) with H, W divisible by the patch p:
+    """timm ViT (pretrained=False, dynamic image size). For x (B, 3, H, W) (sides not divisible by the patch p
+    are zero-padded below / right to the next multiple; H, W below are the padded sides):
     pooled = CLS token (B, D); tokens = patch tokens (B, N, D), N = (H/p)(W/p);
     pyramid = [tokens as (B, D, H/p, W/p)].
 
@@ -219,10 +221,14 @@ class ViTBackbone(Backbone):
         _check_load(self.vit, sd, path, ignore=r"^(head|fc_norm|pooler)\.")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> BackboneOutput:
-        B, _, H, W = x.shape
         p = self.patch_size
+        if mask is None and (x.shape[-2] % p or x.shape[-1] % p):
+            # zero rows / columns below and right up to the next multiple of the patch: a downstream protocol's
+            # size (256 px NIH fine-tuning) reaches a /14 ViT; prepared images are zero-padded there already
+            x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+        B, _, H, W = x.shape
         if H % p or W % p:
-            raise ValueError(f"{self.config['name']}: input {H}x{W} is not divisible by the patch size {p}")
+            raise ValueError(f"{self.config['name']}: masked input {H}x{W} is not divisible by the patch size {p}")
         v = self.vit
         t = v.patch_embed(x)  # (B, H/p, W/p, D) with dynamic_img_size
         if mask is not None:
