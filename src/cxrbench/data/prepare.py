@@ -91,9 +91,12 @@ def _assign_splits(reader: DatasetFormat, index: pd.DataFrame, protocol: str, se
 def _affected(index: pd.DataFrame, problems: Problems) -> np.ndarray:
     """Boolean (n,): rows with a problem that makes the image unusable (by image id or by group column)."""
     bad = index["image_id"].isin(problems.images()).to_numpy().copy()
+    groups: dict[str, set] = {}
     for p in problems.items:
         if p.effect == "image" and p.group is not None and p.group[0] in index.columns:
-            bad |= (index[p.group[0]] == p.group[1]).to_numpy()
+            groups.setdefault(p.group[0], set()).add(p.group[1])
+    for col, values in groups.items():
+        bad |= index[col].isin(values).to_numpy()
     return bad
 
 

@@ -152,7 +152,7 @@ class Problems:
         return [p for p in self.items if p.effect in LOSSES]
 
 
-def format_table(items: list[Problem], examples: int = 3, width: int = 110) -> str:
+def format_table(items: list[Problem], examples: int = 3, width: int = 150) -> str:
     """The per-kind summary: kind, effect, count, then the first ``examples`` occurrences with file and row."""
     by_kind: dict[str, list[Problem]] = {}
     for p in items:
