@@ -132,14 +132,14 @@ REPORT_FIGURES = ("data_efficiency", "auroc_heatmap", "pseudo_mask_gallery", "se
 
 
 def report_files(params: Mapping[str, Any]) -> dict[str, str]:
-    """Every file the report writes, by key: ``<table>_{md,csv,tex}`` under tables/ (the papers' tables, the
+    """Every file the report writes, by key: ``<table>_{md,csv,tex,html}`` under tables/ (the papers' tables, the
     scorecard and the comparisons), ``metrics_<table>`` under metrics/, ``figure_<name>_{png,svg}`` under
     figures/, DVC plot data under plots/, and runs.csv, summary.json, pretrain_curves.csv."""
     root = params["paths"]["report"]
     names = {"summary": "summary.json", "runs_csv": "runs.csv", "curves": "pretrain_curves.csv",
              "plot_pretrain_loss": "plots/pretrain_loss.csv", "plot_efficiency": "plots/efficiency.csv"}
     for table in (*REPORT_TABLES, "scorecard", "comparisons"):
-        names.update({f"{table}_{ext}": f"tables/{table}.{ext}" for ext in ("md", "csv", "tex")})
+        names.update({f"{table}_{ext}": f"tables/{table}.{ext}" for ext in ("md", "csv", "tex", "html")})
     names.update({f"metrics_{table}": f"metrics/{table}.json" for table in REPORT_TABLES})
     for fig in REPORT_FIGURES:
         names.update({f"figure_{fig}_{ext}": f"figures/{fig}.{ext}" for ext in ("png", "svg")})

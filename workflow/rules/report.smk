@@ -1,12 +1,34 @@
 REPORT_THREADS, REPORT_RESOURCES = job_resources("report")
 
 
+def report_outputs():
+    """The report's files (matrix.report_files); the HTML tables, the PNG figures and runs.csv marked for
+    `snakemake --report report.html`, each with its caption from workflow/report/."""
+    out = []
+    for key, path in sorted(matrix.report_files(PARAMS).items()):
+        table, _, ext = key.rpartition("_")
+        if key.startswith("figure_") and ext == "png":
+            name = table.removeprefix("figure_")
+            out.append(report(path, caption=f"../report/figure_{name}.rst", category="Figures",
+                              labels={"figure": name}))
+        elif ext == "html":
+            group = "Uncertainty and comparisons" if table in ("scorecard", "comparisons") else "Published vs reproduced"
+            out.append(report(path, caption=f"../report/table_{table}.rst", category=group,
+                              labels={"table": table}))
+        elif key == "runs_csv":
+            out.append(report(path, caption="../report/runs.rst", category="Uncertainty and comparisons",
+                              labels={"table": "runs"}))
+        else:
+            out.append(path)
+    return out
+
+
 rule report:
     input:
         runs=TARGETS["evaluate"],
         curves=TARGETS["pretrain"],
     output:
-        TARGETS["report"],
+        report_outputs(),
     log:
         f"{LOGS}/report.log",
     conda:

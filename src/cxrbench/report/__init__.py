@@ -2,7 +2,7 @@
 figures and DVC metrics/plots.
 
 :func:`build_report` writes, under the report directory (file names from :func:`cxrbench.matrix.report_files`):
-``tables/<paper>_<table>.{md,csv,tex}`` (one set per published table), ``tables/scorecard.*`` and
+``tables/<paper>_<table>.{md,csv,tex,html}`` (one set per published table), ``tables/scorecard.*`` and
 ``tables/comparisons.*``, ``runs.csv`` (every metric of every run with its bootstrap interval), ``summary.json``
 and ``metrics/<table>.json`` (DVC metrics), ``figures/<name>.{png,svg}`` and ``plots/`` (DVC plot data).
 """
@@ -125,6 +125,7 @@ def _write_table(files: Mapping[str, Path], stem: str, title: str, notes: list[s
     _write(files[f"{stem}_md"], tables.to_markdown(title, notes, table))
     _write(files[f"{stem}_csv"], tables.to_csv(notes, table))
     _write(files[f"{stem}_tex"], tables.to_latex(title, notes, table))
+    _write(files[f"{stem}_html"], tables.to_html(title, notes, table))
 
 
 def _comparison_table(comp: pd.DataFrame) -> pd.DataFrame:

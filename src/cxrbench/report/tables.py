@@ -293,6 +293,18 @@ def to_latex(title: str, notes: Sequence[str], table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def to_html(title: str, notes: Sequence[str], table: pd.DataFrame) -> str:
+    """A self-contained HTML page (what the Snakemake report shows): title, notes, the table."""
+    import html
+
+    items = "".join(f"<li>{html.escape(n).replace('**', '')}</li>" for n in notes)
+    body = table.to_html(index=False, border=0, classes="cxr", na_rep="")
+    style = ("body{font-family:sans-serif;font-size:12px} table.cxr{border-collapse:collapse} "
+             "table.cxr td,table.cxr th{border-bottom:1px solid #ccc;padding:2px 6px;white-space:nowrap}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2><ul>{items}</ul>{body}</body></html>\n")
+
+
 def table_metrics(spec: PaperTable, summary: pd.DataFrame, published: pd.DataFrame,
                   rows: Mapping[str, str]) -> dict[str, dict[str, float]]:
     """{row: {column label: reproduced mean (fraction)}} of one table, for ``dvc metrics diff``."""
