@@ -104,7 +104,7 @@ class RADDINOModule(StepCounter):
         if self.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(logits, temperature=temp)
         probs = teacher_softmax_centered(logits, getattr(self, center_name), temperature=temp)
-        if self.training and logits.shape[0] > 0:  # no masked patch in the batch: the iBOT centre stays
+        if self.training:  # collective when distributed: called on every process, also with no masked patch
             setattr(self, center_name, update_center(getattr(self, center_name), logits,
                                                      momentum=self.center_momentum))
         return probs
