@@ -524,3 +524,27 @@ def test_damage_is_named_counted_and_leaves_other_splits_alone(ctx, case, capsys
 
 def test_at_least_25_damage_kinds():
     assert len(CASES) >= 25 and len({k for _, _, k in CASES.values()}) >= 20
+
+
+FILE_LEVEL = {
+    # name: (dataset, edit(root), text the one-line message must contain)
+    "nih-binary-data-entry": ("nih", lambda r: (r / "Data_Entry_2017.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe"),
+                              "Data_Entry_2017.csv: not UTF-8 text"),
+    "covidx-binary-list": ("covidx", lambda r: (r / "test_COVIDx9A.txt").write_bytes(b"\xff\xfe\x00\x01"),
+                           "test_COVIDx9A.txt: not UTF-8 text"),
+    "rsna-missing-column": ("rsna", lambda r: (r / "stage_2_train_labels.csv").write_text("patientId,x\na,1\n"),
+                            "stage_2_train_labels.csv: missing column(s)"),
+    "siim-labels-missing": ("siim", lambda r: (r / "train-rle.csv").unlink(), "train-rle.csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(FILE_LEVEL))
+def test_file_level_damage_is_one_message_and_exit_2(ctx, case, capsys):
+    dataset, edit, text = FILE_LEVEL[case]
+    root = ctx["work"] / case / dataset
+    shutil.copytree(ctx["base"] / dataset, root)
+    edit(root)
+    capsys.readouterr()
+    assert _cli(dataset, root, ctx["work"] / case / "out", ctx["options"][dataset]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and text in err.strip().splitlines()[-1], err

@@ -28,6 +28,14 @@ def find_file(fmt: DatasetFormat, raw_dir: Path, name: str) -> Path:
     return fmt.require(raw_dir, name)[0]
 
 
+def read_text(path: Path) -> str:
+    """A label/list file as UTF-8 text; a binary or otherwise undecodable file is a ``DataFormatError`` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{path}: not UTF-8 text (byte {err.start}); expected the dataset's text file") from err
+
+
 def read_csv(path: Path, required: Sequence[str], *, strip_names: bool = False, **kw: Any) -> pd.DataFrame:
     """A CSV (plain or .gz) as strings (blank = ""), checking that every ``required`` column exists."""
     try:

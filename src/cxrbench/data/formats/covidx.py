@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
-from cxrbench.data.formats._util import BadRows, make_index, official_test_then_holdout
+from cxrbench.data.formats._util import BadRows, make_index, official_test_then_holdout, read_text
 from cxrbench.data.problems import Problems
 from cxrbench.registry import DATASETS
 
@@ -70,7 +70,7 @@ class COVIDx(DatasetFormat):
         reference split), flagged."""
         bad = BadRows(path, problems, first_line=1)
         rows = []
-        text = path.read_text()
+        text = read_text(path)
         if not text.strip():
             raise DataFormatError(f"{path}: empty label file; expected lines 'patient_id filename class source'")
         for pos, line in enumerate(text.splitlines()):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
-from cxrbench.data.formats._util import BadRows, check_columns, check_unique, make_index
+from cxrbench.data.formats._util import BadRows, check_columns, check_unique, make_index, read_text
 from cxrbench.data.problems import Problems
 from cxrbench.data.splits import group_holdout
 from cxrbench.registry import DATASETS
@@ -67,7 +67,7 @@ def bracket_header(fields: list[str]) -> list[str]:
 def read_bracketed_csv(path: Path, required: list[str]) -> pd.DataFrame:
     """A CSV whose header has bracketed multi-field names, as strings; all-empty unnamed columns are "
     "dropped."""
-    rows = list(csv.reader(io.StringIO(path.read_text())))
+    rows = list(csv.reader(io.StringIO(read_text(path))))
     if not rows:
         raise DataFormatError(f"{path}: empty file")
     names = bracket_header(rows[0])
@@ -159,7 +159,7 @@ class NIHChestXray14(DatasetFormat):
     @staticmethod
     def _official(tv: Path, test: Path, ids: list[str], problems: Problems) -> dict[str, str]:
         """{image: "train" | "test"} from the two list files; an image in both is an ``in_both_lists`` problem."""
-        lists = {s: [x.strip() for x in p.read_text().splitlines()] for s, p in (("train", tv), ("test", test))}
+        lists = {s: [x.strip() for x in read_text(p).splitlines()] for s, p in (("train", tv), ("test", test))}
         where = {s: {name: k + 1 for k, name in enumerate(names) if name} for s, names in lists.items()}
         known = set(ids)
         for name in sorted(set(where["train"]) & set(where["test"]) & known):
