@@ -181,7 +181,12 @@ class _Trainer:
         """The checkpoint to resume from, or None (start fresh). A checkpoint of another identity is stale."""
         if not (resume and self.last.is_file()):
             return None
-        ck = load_checkpoint(self.last)
+        try:
+            ck = load_checkpoint(self.last)
+        except RuntimeError:
+            if self.last.exists():
+                raise
+            return None  # removed meanwhile by rank 0's claim of a stale state directory (torchrun)
         if ck.get("fingerprint") == self.identity:
             return ck
         why = ("it records no fingerprint" if "fingerprint" not in ck

@@ -28,7 +28,7 @@ from torch import nn
 from cxrbench.models.necks import neck_for
 
 log = logging.getLogger(__name__)
-STALE_WITH = ("data", "code")  # cache-key entries whose change makes the older entry of a slot stale
+STALE_WITH = ("data", "code", "n_rows", "store_size")  # key entries whose change makes a slot's older entry stale
 
 # ------------------------------------------------------------------------------------------------ parameters
 
