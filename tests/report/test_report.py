@@ -248,3 +248,17 @@ def test_comparisons_skip_different_test_sets(tmp_path):
     run = matrix.Run
     preds = {run("x", "linear", "rsna", 1, 0): (a, []), run("y", "linear", "rsna", 1, 0): (b, [])}
     assert runs.comparisons(preds, ["x", "y"], resamples=10, seed=0).empty
+
+
+def test_mflag_table_shows_the_mflag_run_on_every_source_row():
+    summ = pd.DataFrame([{"task": "segmentation", "dataset": "siim", "metric": "Dice@reference", "fraction": 100,
+                          "method": "mflag", "mean": 0.5, "sd": math.nan, "n": 1, "low": 0.4, "high": 0.6}])
+    long = pd.DataFrame(columns=["method", "task", "status", "reason"])
+    spec = next(t for t in tables.TABLES if t.name == "mflag_published")
+    tab, _ = tables.paper_table(spec, load_published(), summ, long, published_rows(), ["mflag"])
+    tab = tab.set_index("method")
+    assert tab.loc["M-FLAG (G2D Table 1)", "segmentation SIIM Dice 100%"] == "64.8 | 50.0 [40.0, 60.0]"
+    assert tab.loc["M-FLAG (benchmark aggregator)", "segmentation SIIM Dice 100%"] == "64.8 | 50.0 [40.0, 60.0]"
+    assert "M-FLAG" not in tab.index
+    card = tables.scorecard(spec, load_published(), summ, published_rows(), demo=False)
+    assert len(card) == 2 and card["inside"].eq(False).all()

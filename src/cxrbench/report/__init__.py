@@ -174,12 +174,12 @@ def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, wi
         cards.append(tables.scorecard(spec, published, summary, rows, demo))
     card_notes = tables.header_notes(["Every published number with a reproduced value; low/high: the reproduced "
                                       "95% interval" + ("" if demo else "; inside: the published value lies in it")],
-                                     ctx)
+                                     ctx, cells=False)
     _write_table(files, "scorecard", "Scorecard: published vs reproduced", card_notes, pd.concat(cards))
     comp = runs.comparisons(preds, methods, resamples=ctx["resamples"], seed=ctx["boot_seed"])
     comp_notes = tables.header_notes(["Paired tests on the same test images: effect = method - baseline in "
                                       "percentage points, its paired-bootstrap 95% interval and two-sided p; "
-                                      "DeLong's p for single-label AUROC."], ctx)
+                                      "DeLong's p for single-label AUROC."], ctx, cells=False)
     _write_table(files, "comparisons", "Paired comparisons between methods", comp_notes, _comparison_table(comp))
     merged = long.merge(boot, on=[*runs.KEYS, "metric"], how="left") if len(boot) else long
     _write(files["runs_csv"], merged.to_csv(index=False))

@@ -77,7 +77,9 @@ def published_cells(published: pd.DataFrame, spec: PaperTable) -> pd.DataFrame:
     Table 5's rows are its ablation settings; the M-FLAG table gathers every M-FLAG row, one row per source."""
     if spec.table == "M-FLAG":
         part = published[published["method"] == "M-FLAG"].copy()
-        part["row"] = "M-FLAG (" + part["table"].str.replace("aggregator", "benchmark aggregator") + ")"
+        source = part["table"].str.replace("aggregator", "benchmark aggregator").str.replace(r"^Table", "G2D Table",
+                                                                                               regex=True)
+        part["row"] = "M-FLAG (" + source + ")"
         trained = ~part["task"].str.startswith("zero-shot")
         part["fraction_pct"] = [f if (f or not t) else "100" for f, t in
                                 zip(part["fraction_pct"].map(_norm_fraction), trained, strict=True)]
@@ -182,13 +184,18 @@ def paper_table(spec: PaperTable, published: pd.DataFrame, summary: pd.DataFrame
         cells = {}
         for col, label in zip(cols, column_labels(cols), strict=True):
             published_part = unpublished or pub_map.get((row, *col), "")
-            reproduced = fmt_reproduced(rep_map.get((row, *col)))
+            reproduced = fmt_reproduced(rep_map.get((_reproduced_row(spec, row), *col)))
             if not reproduced and (row, col[0]) in notes:
                 reproduced = "n/a"
             cells[label] = f"{published_part} | {reproduced}".strip() if published_part or reproduced else ""
         data.append({"method": row, **cells})
     reasons = sorted({f"{r}, {t}: n/a, {why}" for (r, t), why in notes.items()})
     return pd.DataFrame(data, columns=["method", *column_labels(cols)]), reasons
+
+
+def _reproduced_row(spec: PaperTable, row: str) -> str:
+    """The reproduced row a table row shows: every source row of the M-FLAG table shows the one M-FLAG run."""
+    return "M-FLAG" if spec.table == "M-FLAG" and row.startswith("M-FLAG (") else row
 
 
 def _extra_rows(methods: Sequence[str], rows: Mapping[str, str], spec: PaperTable,
@@ -199,7 +206,8 @@ def _extra_rows(methods: Sequence[str], rows: Mapping[str, str], spec: PaperTabl
         name = rows.get(m, m)
         row = _row_name(m, "", rows, spec, table_rows)
         variants = {v for (n, _), v in ROW_TASK_NAMES.items() if n == name}
-        if row is None or row in table_rows or variants & table_rows or row in [r for r, _ in out]:
+        if spec.table == "M-FLAG" or row is None or row in table_rows or variants & table_rows \
+                or row in [r for r, _ in out]:
             continue
         out.append((row, "not yet entered" if name in NOT_ENTERED else "not published"))
     return out
@@ -225,7 +233,8 @@ def scorecard(spec: PaperTable, published: pd.DataFrame, summary: pd.DataFrame, 
     pub = published_cells(published, spec)
     table_rows = set(pub["row"])
     rep = reproduced_cells(summary, rows, spec, table_rows)
-    merged = pub.merge(rep, on=["row", *COLUMN], how="inner")
+    pub = pub.assign(rep_row=[_reproduced_row(spec, r) for r in pub["row"]])
+    merged = pub.merge(rep.rename(columns={"row": "rep_row"}), on=["rep_row", *COLUMN], how="inner")
     merged["published_num"] = pd.to_numeric(merged["value"], errors="coerce")
     merged = merged[merged["published_num"].notna() & merged["mean"].notna()]
     cols = list(dict.fromkeys(map(tuple, pub[COLUMN].itertuples(index=False, name=None))))
@@ -246,18 +255,21 @@ def scorecard(spec: PaperTable, published: pd.DataFrame, summary: pd.DataFrame, 
 # ---------------------------------------------------------------- writers
 
 
-def header_notes(spec_notes: Sequence[str], context: Mapping[str, Any]) -> list[str]:
-    """The lines every table starts with: the demo warning first, then form, protocol, scale, seeds, intervals."""
+def header_notes(spec_notes: Sequence[str], context: Mapping[str, Any], cells: bool = True) -> list[str]:
+    """The lines every table starts with: the demo warning first, then form, protocol, scale, seeds, intervals
+    (``cells``: the note on the "published | reproduced" cell format, for the paper-shaped tables)."""
     lines = [f"**{DEMO_WARNING}**"] if context.get("scale") == "demo" else []
     lines += [
         f"Scale: {context.get('scale', 'custom')}. Split protocol: {context.get('split_protocol', 'not recorded')}. "
         f"Seeds: {context.get('seeds', [])}.",
         *spec_notes,
-        "Cells: published | reproduced mean over seeds (± sd when several) [95% interval], in percent. The interval "
-        f"is the percentile bootstrap over test images ({context.get('resamples')} resamples, seed "
+        f"Intervals: percentile bootstrap over test images ({context.get('resamples')} resamples, seed "
         f"{context.get('boot_seed')}) for one or two seeds (mean of the per-seed bounds), the t interval over "
-        "seeds for three or more. A blank reproduced part: the matrix did not run it.",
+        "seeds for three or more.",
     ]
+    if cells:
+        lines.append("Cells: published | reproduced mean over seeds (± sd when several) [95% interval], in percent; "
+                     "a blank reproduced part: the matrix did not run it.")
     return lines
 
 
