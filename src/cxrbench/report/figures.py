@@ -216,7 +216,8 @@ def _boxes(boxes: np.ndarray, color: str, scores: bool):
                 continue
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec=color, lw=1))
             if scores and b.shape[0] > 4:
-                ax.text(b[0], b[1], f"{b[4]:.2f}", color=color, fontsize=5, va="bottom")
+                ax.text(b[0], b[1], f"{b[4]:.2f}", color="white", fontsize=5, va="bottom",
+                        bbox={"facecolor": color, "alpha": 0.7, "pad": 0.5, "linewidth": 0})
 
     return draw
 
