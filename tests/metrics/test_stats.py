@@ -139,3 +139,21 @@ def test_weighted_auroc_equals_sklearn_on_each_resample_with_ties():
     for b in range(6):
         for k in range(2):
             assert got[b, k] == pytest.approx(roc_auc_score(y[idx[b], k], s[idx[b], k]))
+
+
+def test_mean_bootstrap_leaves_undefined_images_out_like_the_full_set_mean():
+    """Strict Dice per image is nan where prediction and ground truth are both empty: the vectorised resample mean
+    must skip them as mean_value does (it returned nan for every resample, so the paired test had none)."""
+    from cxrbench.metrics.stats import bootstrap_ci, paired_bootstrap
+
+    a = np.array([np.nan, 0.8, 0.6, np.nan, 1.0])
+    b = np.array([np.nan, 0.4, 0.2, 0.0, np.nan])
+    idx = np.array([[1, 1, 2, 0, 0]])  # one resample by hand: a -> mean(0.8, 0.8, 0.6) = 0.7333
+    from cxrbench.metrics.stats import MEAN
+
+    assert MEAN.resampled(a, None, idx)[0] == pytest.approx((0.8 + 0.8 + 0.6) / 3)
+    assert np.isnan(MEAN.resampled(a, None, np.array([[0, 3, 0, 3, 0]])))[0]
+    ci = bootstrap_ci(a, np.zeros(5), "mean", resamples=200, seed=0)
+    assert ci["resamples"] > 150 and ci["value"] == pytest.approx(0.8)
+    res = paired_bootstrap(a, b, np.zeros(5), "mean", resamples=200, seed=0)
+    assert res["resamples"] > 150 and res["effect"] == pytest.approx(0.8 - 0.2)

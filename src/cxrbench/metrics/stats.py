@@ -136,7 +136,12 @@ def _accuracy_resampled(scores: Any, targets: Any, idx: np.ndarray) -> np.ndarra
 
 
 def _mean_resampled(scores: Any, targets: Any, idx: np.ndarray) -> np.ndarray:
-    return np.asarray(scores, dtype=np.float64)[idx].mean(1)
+    """Like :func:`mean_value`: undefined (nan) per-image values are left out; a resample with none defined is
+    nan (and dropped by the bootstrap)."""
+    v = np.asarray(scores, dtype=np.float64)[idx]
+    defined = np.isfinite(v)
+    total = np.where(defined, v, 0.0).sum(1)
+    return np.divide(total, defined.sum(1), out=np.full(len(v), np.nan), where=defined.any(1))
 
 
 AUROC = _Vectorised(auroc_macro, _auroc_resampled)
