@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
-	@echo "results: results/report/table.md and results/report/figure.png"
+	@echo "results: results/report/tables/ (the papers' tables), results/report/figures/, snakemake --report report.html"
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -122,7 +122,8 @@ def report_params(params: Mapping[str, Any]) -> dict[str, Any]:
     sections = params["evaluate"]["tasks"]
     tasks = {t: {k: v for k, v in sections[t].items() if k in keep} for t in params["matrix"]["tasks"]}
     return {"matrix": params["matrix"], "evaluate": {"tasks": tasks}, "paths": params["paths"],
-            "report": params["report"], "scale": params["scale"]}
+            "report": params["report"], "scale": params["scale"],
+            "data": {"split_protocol": params["data"]["split_protocol"]}}
 
 
 REPORT_TABLES = ("g2d_table1", "g2d_table2a", "g2d_table2b", "g2d_table3", "g2d_table4", "g2d_table5", "g2d_table7",
