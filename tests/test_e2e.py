@@ -135,6 +135,14 @@ def test_snakemake_then_dvc_share_one_tree(project):
     sh(project, "snakemake", "--cores", "2", "--touch", "--quiet")
     nothing_to_do(project)
 
+    # the Snakemake report holds every table and figure, each with its caption (issues 13, 14)
+    sh(project, "snakemake", "--report", "report.html", "--cores", "1")
+    html = (project / "report.html").read_text(errors="replace")
+    from cxrbench import matrix
+
+    for name in (*matrix.REPORT_TABLES, "scorecard", "comparisons", *matrix.REPORT_FIGURES):
+        assert name in html, f"report.html lacks {name}"
+
     planted = planted_identifiers(project)
     assert len(planted) > 10
     assert leaked(project, planted) == []
