@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,18 +38,28 @@ def test_dino_pairs_skip_same_global_crop():
     assert dino_loss(s, t, student_temperature=tau).item() == pytest.approx(ref, rel=1e-6)
 
 
-def test_ibot_per_image_mean_over_masked_patches():
+def _np_ce(p, logits, tau):
+    """-sum_k p_k log softmax(logits / tau)_k, in float64 numpy."""
+    z = np.asarray(logits, dtype=np.float64) / tau
+    log_sm = z - z.max() - np.log(np.exp(z - z.max()).sum())
+    return float(-(np.asarray(p, dtype=np.float64) * log_sm).sum())
+
+
+def test_ibot_normalised_over_all_images_like_dinov2_forward_masked():
     g = torch.Generator().manual_seed(3)
     s = torch.randn(3, 4, 5, generator=g)
     t = torch.softmax(torch.randn(3, 4, 5, generator=g), -1)
     m = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
-    ce = lambda b, n: _ce(t[b, n].tolist(), s[b, n].tolist(), 0.1)  # noqa: E731
+    ce = lambda b, n: _np_ce(t[b, n].numpy(), s[b, n].numpy(), 0.1)  # noqa: E731
     img0 = ce(0, 0)
     img1 = (ce(1, 0) + ce(1, 1) + ce(1, 2)) / 3
+    # DINOv2: weight 1 / M_b per masked patch, sum divided by ALL 3 images (image 2 has no masked patch but counts)
+    expected = (img0 + img1) / 3
     got = ibot_patch_loss(s, t, m, student_temperature=0.1).item()
-    assert got == pytest.approx((img0 + img1) / 2, rel=1e-5)  # image 2 has no masked patch: not counted
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got != pytest.approx((img0 + img1) / 2, rel=1e-3)  # the old "masked images only" normalisation
     flat = ibot_patch_loss(s[m], t[m], m, student_temperature=0.1).item()  # masked entries only
-    assert flat == pytest.approx(got, rel=1e-6)
+    assert flat == pytest.approx(expected, rel=1e-5)
     assert ibot_patch_loss(s, t, torch.zeros(3, 4, dtype=torch.bool)).item() == 0.0
 
 

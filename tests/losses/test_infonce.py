@@ -24,8 +24,8 @@ def test_hand_computed_orthogonal_pairs():
     B, tau = 3, 0.5
     e = torch.eye(B)
     expected = -math.log(math.exp(2.0) / (math.exp(2.0) + 2))
-    assert symmetric_infonce(e, e, temperature=tau, variant="paper").item() == pytest.approx(expected, rel=1e-6)
-    assert symmetric_infonce(e, e, temperature=tau, variant="code").item() == pytest.approx(2 * expected, rel=1e-6)
+    assert symmetric_infonce(e, e, temperature=tau, reduction="mean").item() == pytest.approx(expected, rel=1e-6)
+    assert symmetric_infonce(e, e, temperature=tau, reduction="sum").item() == pytest.approx(2 * expected, rel=1e-6)
 
 
 def test_against_slow_reference_and_scale_invariance():
@@ -33,11 +33,11 @@ def test_against_slow_reference_and_scale_invariance():
     img, txt = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     i2t, t2i = _slow_reference(img, txt, 0.07)
     assert symmetric_infonce(img, txt).item() == pytest.approx((i2t + t2i) / 2, rel=1e-5)
-    assert symmetric_infonce(3 * img, txt, variant="code").item() == pytest.approx(i2t + t2i, rel=1e-5)
+    assert symmetric_infonce(3 * img, txt, reduction="sum").item() == pytest.approx(i2t + t2i, rel=1e-5)
 
 
-def test_bad_variant_and_shape():
-    with pytest.raises(ValueError, match="variant"):
-        symmetric_infonce(torch.ones(2, 2), torch.ones(2, 2), variant="x")
+def test_bad_reduction_and_shape():
+    with pytest.raises(ValueError, match="reduction"):
+        symmetric_infonce(torch.ones(2, 2), torch.ones(2, 2), reduction="x")
     with pytest.raises(ValueError, match="shape"):
         symmetric_infonce(torch.ones(2, 2), torch.ones(3, 2))

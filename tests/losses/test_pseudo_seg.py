@@ -5,6 +5,8 @@ import torch
 
 from cxrbench.losses import pseudo_seg_loss, soft_dice_loss
 
+CODE = {"dice_on_logits": True, "dice_smooth": 1e-5, "dice_weight": 1.0, "bce_weight": 0.2}  # bceDiceLoss
+
 
 def _sig(v):
     return 1 / (1 + math.exp(-v))
@@ -24,17 +26,29 @@ def test_paper_form_hand_computed():
     p0, p1 = 0.5, _sig(2.0)
     dice = 1 - (2 * p0 + 1) / (p0 + p1 + 1 + 1)
     bce = -(math.log(p0) + math.log(1 - p1)) / 2
-    assert pseudo_seg_loss(logits, y).item() == pytest.approx(0.5 * (dice + bce), rel=1e-6)
+    assert pseudo_seg_loss(logits, y).item() == pytest.approx(0.5 * (dice + bce), rel=1e-6)  # defaults = paper
 
 
-def test_code_form_uses_raw_logits():
+def test_code_form_uses_raw_logits_smooth_1e5():
     logits = torch.tensor([0.0, 2.0]).reshape(1, 1, 1, 2)
     y = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
-    dice_raw = 1 - (2 * 0.0 + 1) / (0.0 + 2.0 + 1 + 1)  # the bug: logits used as probabilities
+    s = 1e-5
+    dice_raw = 1 - (2 * 0.0 + s) / (0.0 + 2.0 + 1 + s)  # the bug: logits used as probabilities
     bce = -(math.log(0.5) + math.log(1 - _sig(2.0))) / 2
-    got = pseudo_seg_loss(logits, y, variant="code").item()
+    got = pseudo_seg_loss(logits, y, **CODE).item()
     assert got == pytest.approx(dice_raw + 0.2 * bce, rel=1e-6)
     assert got != pytest.approx(pseudo_seg_loss(logits, y).item())
+
+
+def test_weights_and_smoothing_are_independent_parameters():
+    logits = torch.tensor([1.0, -1.0, 3.0]).reshape(1, 1, 1, 3)
+    y = torch.tensor([1.0, 1.0, 0.0]).reshape(1, 1, 1, 3)
+    p = [_sig(v) for v in (1.0, -1.0, 3.0)]
+    dice = 1 - (2 * (p[0] + p[1]) + 0.3) / (sum(p) + 2 + 0.3)
+    bce = -(math.log(p[0]) + math.log(p[1]) + math.log(1 - p[2])) / 3
+    got = pseudo_seg_loss(logits, y, dice_smooth=0.3, dice_weight=2.0, bce_weight=0.0).item()
+    assert got == pytest.approx(2 * dice, rel=1e-6)
+    assert pseudo_seg_loss(logits, y, dice_weight=0.0, bce_weight=1.5).item() == pytest.approx(1.5 * bce, rel=1e-6)
 
 
 def test_per_image_mean_and_errors():

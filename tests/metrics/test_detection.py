@@ -150,3 +150,19 @@ def test_torch_inputs_are_accepted():
     preds = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.7])}]
     out = map_reference(preds, [torch.tensor([[0.0, 0, 10, 10]])])
     assert out["mAP"] == pytest.approx(1.0) and out["n_images"] == 1
+
+
+def test_boxes_outside_the_image_are_scored_as_given():
+    """A detection reaching outside the image (x1 = -16.5) is matched as it is, not clipped (MGCA clips nowhere):
+    IoU with its GT box [0, 20, 40, 60] is 40 * 40 / (56.5 * 40) = 0.708 (a TP at 0.40..0.70, a FP at 0.75);
+    clipped to x1 = 0 it would be 1 (a TP everywhere). Expected values from pycocotools on the same boxes."""
+    gts = [np.array([[0.0, 20, 40, 60]]), np.array([[100.0, 100, 150, 150]])]
+    preds = [{"boxes": [[-16.5, 20, 40, 60]], "scores": [0.9]}, {"boxes": [[100.0, 100, 150, 150]], "scores": [0.8]}]
+    coco = _coco_aps(preds, gts)
+    out = map_reference(preds, gts)
+    assert [out[f"AP@{t:.2f}"] for t in THR] == pytest.approx(coco, abs=1e-12)
+    # by hand: 7 thresholds both TPs (AP 1); at 0.75 ranked FP (0.9) then TP (0.8): precision 1/2 up to recall 1/2,
+    # i.e. 51 of the 101 recall points
+    assert out["mAP"] == pytest.approx((7 + 51 / 101 * 0.5) / 8)
+    clipped = [{"boxes": [[0.0, 20, 40, 60]], "scores": [0.9]}, preds[1]]
+    assert map_reference(clipped, gts)["mAP"] == pytest.approx(1.0)

@@ -9,6 +9,7 @@ from cxrbench.models.yolo import (
     YOLOv3Head,
     assign_targets,
     decode,
+    mgca_nms,
     yolo_loss,
 )
 
@@ -149,14 +150,68 @@ def test_decode_recovers_planted_box_and_applies_nms():
     assert len(strict["boxes"]) == 2
 
 
-def test_decode_clips_and_handles_empty_images():
+def test_decode_does_not_clip_and_handles_empty_images():
     raw = _blank(batch=2)
-    _plant(raw, 2, 2, 0, 0, 0.5, 0.5, 1.0, 1.0, obj=4.0)  # huge box at the corner
+    _plant(raw, 2, 2, 0, 0, 0.5, 0.5, 1.0, 1.0, obj=4.0)  # huge box at the corner: centre (16, 16), anchor 2 x e
     dets = decode(_flat(raw), img_size=224)
-    assert dets[0]["boxes"].min() >= 0 and dets[0]["boxes"].max() <= 224
+    w, h = math.e * 373 * 224 / 416, math.e * 326 * 224 / 416
+    assert dets[0]["boxes"][0].tolist() == pytest.approx([16 - w / 2, 16 - h / 2, 16 + w / 2, 16 + h / 2], rel=1e-5)
+    assert dets[0]["boxes"].min() < -200 and dets[0]["boxes"].max() > 224 + 50  # as MGCA: never clipped
     assert len(dets[1]["boxes"]) == 1  # both images share the planted cell
     empty = decode(_flat(_blank()), img_size=224)
     assert empty[0]["boxes"].shape == (0, 4)
+
+
+def _mgca_greedy(boxes, scores, thr):
+    """MGCA's non_max_suppression for one class, re-derived in plain Python: sort by score, keep the first, drop
+    every remaining box whose +1-pixel IoU with it is >= thr."""
+    def iou1(a, b):
+        iw = max(min(a[2], b[2]) - max(a[0], b[0]) + 1, 0.0)
+        ih = max(min(a[3], b[3]) - max(a[1], b[1]) + 1, 0.0)
+        inter = iw * ih
+        area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+        return inter / (area(a) + area(b) - inter + 1e-16)
+
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    kept = []
+    while order:
+        i, order = order[0], order[1:]
+        kept.append(i)
+        order = [j for j in order if iou1(boxes[i], boxes[j]) < thr]
+    return kept
+
+
+def test_mgca_nms_plus_one_iou_and_suppression_at_threshold():
+    # +1-pixel IoU of [0,0,9,9] (area 100) and [0,0,9,4] (area 50): 50 / 100 = 0.5 exactly -> suppressed (>=);
+    # the plain IoU is 36 / 81 = 0.44, which torchvision's nms alone would keep
+    boxes = torch.tensor([[0.0, 0, 9, 9], [0, 0, 9, 4], [20, 20, 30, 30]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.zeros(3, dtype=torch.long)
+    assert mgca_nms(boxes, scores, labels, 0.5).tolist() == [0, 2]
+    assert mgca_nms(boxes, scores, labels, 0.51).tolist() == [0, 1, 2]
+    assert mgca_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [0, 1, 2]  # class-wise
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mgca_nms_equals_greedy_reference_on_random_boxes(seed):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, 60, (40, 2), generator=g).float()
+    wh = torch.randint(3, 40, (40, 2), generator=g).float()
+    boxes = torch.cat([xy, xy + wh], 1)
+    scores = torch.rand(40, generator=g)
+    for thr in (0.3, 0.5):
+        ref = _mgca_greedy(boxes.tolist(), scores.tolist(), thr)
+        assert mgca_nms(boxes, scores, torch.zeros(40, dtype=torch.long), thr).tolist() == ref
+
+
+def test_decode_passes_more_than_ten_detections():
+    raw = _blank()
+    for i in range(12):  # 12 separate small boxes on the stride-8 grid, objectness decreasing
+        _plant(raw, 0, 0, 2 * i + 1, 2 * (i % 6) + 1, 0.5, 0.5, 0.0, 0.0, obj=3.0 - 0.1 * i)
+    (det,) = decode(_flat(raw), img_size=224)
+    assert len(det["boxes"]) == 12
+    assert det["scores"].tolist() == pytest.approx([torch.sigmoid(torch.tensor(3.0 - 0.1 * i)).item()
+                                                     for i in range(12)])
 
 
 def test_tiny_head_overfits_one_image():

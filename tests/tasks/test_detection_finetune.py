@@ -51,6 +51,43 @@ def test_detection_runs_both_forms(family, make_store, pretrained_factory, tiny_
     assert ex["image"].shape == (4, 64, 64) and ex["gt"].shape[-1] == 4 and ex["pred"].shape[-1] == 5
 
 
+def test_every_nms_output_reaches_the_metric_not_max_boxes(tiny_resnet, monkeypatch):
+    """12 detections on one image (max_boxes 10 caps the ground truth only): the two highest-scoring are false
+    positives, the other 10 hit the 10 GT boxes. All 12 reach the metric (torchmetrics' limit is 100), so recall
+    reaches 1; the expected mAP is torchmetrics' on the same hand-made boxes."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from cxrbench.metrics.detection import IOU_THRESHOLDS, map_reference
+    from cxrbench.tasks.detection import predict
+
+    model = DetectionModel(tiny_resnet, {**DET, "max_boxes": 10}, 64, {"mean": 0.5, "std": 0.5}, store_size=64)
+    maps = [torch.zeros(1, 3, 6, n, n) for n in (8, 4, 2)]
+    for m in maps:
+        m[:, :, 4] = -20.0
+    aw, ah = model.anchors[0][0]
+    cells = [(2 * (k // 4), 2 * (k % 4)) for k in range(12)]
+    logits = [3.0 - 0.1 * k for k in range(12)]
+    for (j, i), logit in zip(cells, logits, strict=True):
+        maps[0][0, 0, 4, j, i] = logit  # t_xy = 0 (centre of the cell), t_wh = 0 (anchor 0)
+    boxes = torch.tensor([[8 * i + 4 - aw / 2, 8 * j + 4 - ah / 2, 8 * i + 4 + aw / 2, 8 * j + 4 + ah / 2]
+                          for j, i in cells])
+    monkeypatch.setattr(model, "outputs", lambda batch: [m.flatten(1, 2) for m in maps])
+    gt = boxes[2:]
+    preds, gts = predict(model, [{"image": torch.zeros(1, 64, 64), "boxes": gt}], 4, {})
+    assert len(preds[0]["boxes"]) == 12 and len(gts[0]) == 10
+    scores = torch.sigmoid(torch.tensor(logits))
+
+    def torchmetrics_map(n_dets):
+        metric = MeanAveragePrecision(iou_thresholds=list(IOU_THRESHOLDS))
+        metric.update([{"boxes": boxes[:n_dets], "scores": scores[:n_dets], "labels": torch.zeros(n_dets, dtype=int)}],
+                      [{"boxes": gt, "labels": torch.zeros(10, dtype=int)}])
+        return float(metric.compute()["map"])
+
+    got = map_reference(preds, gts)["mAP"]
+    assert got == pytest.approx(torchmetrics_map(12), abs=1e-6)
+    assert got != pytest.approx(torchmetrics_map(10), abs=1e-3)  # what the old cap at max_boxes gave
+
+
 def test_finetune_trains_a_copy_of_the_encoder(make_store, pretrained_factory, tiny_resnet, tmp_path):
     rng = np.random.default_rng(0)
     n = 24

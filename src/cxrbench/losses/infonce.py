@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("paper", "code")
+REDUCTIONS = ("mean", "sum")
 
 
 def symmetric_infonce(
-    img: torch.Tensor, txt: torch.Tensor, *, temperature: float = 0.07, variant: str = "paper"
+    img: torch.Tensor, txt: torch.Tensor, *, temperature: float = 0.07, reduction: str = "mean"
 ) -> torch.Tensor:
     """Symmetric InfoNCE between paired image and text embeddings.
 
@@ -17,17 +17,18 @@ def symmetric_infonce(
     With s_ij = <v_i, t_j> / tau and CE_i2t = -(1/B) sum_i log softmax_j(s_ij)[i],
     CE_t2i = -(1/B) sum_i log softmax_j(s_ji)[i]:
 
-    - ``variant="paper"``: L = (CE_i2t + CE_t2i) / 2 (mean of the two directions; the paper prints one direction
-      averaged over the batch, the symmetric mean keeps that scale);
-    - ``variant="code"``:  L = CE_i2t + CE_t2i (the released G2D code sums the two cross-entropies).
+    - ``reduction="mean"``: L = (CE_i2t + CE_t2i) / 2 (the paper prints one direction averaged over the batch;
+      the mean of the two directions keeps that scale);
+    - ``reduction="sum"``:  L = CE_i2t + CE_t2i (the released G2D code, ``PRETRAIN/utils/loss.py`` ``clip_loss``,
+      returns ``loss_t + loss_i``).
 
     Returns a scalar.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"symmetric_infonce: variant must be one of {VARIANTS}, got {variant!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"symmetric_infonce: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if img.shape != txt.shape or img.ndim != 2:
         raise ValueError(f"symmetric_infonce: expected img, txt of equal shape (B, D), got {img.shape}, {txt.shape}")
     logits = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t() / temperature
     target = torch.arange(img.shape[0], device=img.device)
     total = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
-    return total / 2 if variant == "paper" else total
+    return total / 2 if reduction == "mean" else total

@@ -11,12 +11,16 @@ def orthogonality_loss(
 ) -> torch.Tensor:
     """M-FLAG orthogonality loss on the raw pooled visual features.
 
-    v: (B, D), not projected, not normalised. G = V^T V / n with n = B, or n = ``batch_size`` (the released code
-    divides by the configured per-device batch size, which differs from B on a last partial batch). Returns
-    L = 0.5 * ( sum_i (G_ii - 1)^2 + w * sum_{i != j} G_ij^2 ), w = ``off_diagonal_weight``.
+    v: (B, D), not projected, not normalised. G = V^T V / n with n = B (``batch_size=None``, the paper), or
+    n = ``batch_size``: the released code (``utils/utils_trainer.py``, ``trainer_wBert.orthogonal_loss``:
+    ``logits.div_(self.train_batch_size)``) divides by the configured per-device batch size, which differs from B
+    on a last partial batch. Returns L = 0.5 * ( sum_i (G_ii - 1)^2 + w * sum_{i != j} G_ij^2 ),
+    w = ``off_diagonal_weight``.
     """
     if v.ndim != 2:
         raise ValueError(f"orthogonality_loss: expected v of shape (B, D), got {tuple(v.shape)}")
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"orthogonality_loss: batch_size must be None or a positive integer, got {batch_size!r}")
     n = v.shape[0] if batch_size is None else batch_size
     g = v.t() @ v / n
     diag = torch.diagonal(g)

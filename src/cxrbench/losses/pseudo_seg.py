@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("paper", "code")
-
 
 def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
     """Soft Dice loss, per image then averaged over the batch.
@@ -21,23 +19,22 @@ def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, *, smooth: float = 
 
 
 def pseudo_seg_loss(
-    logits: torch.Tensor, target: torch.Tensor, *, variant: str = "paper", smooth: float = 1.0,
-    code_bce_weight: float = 0.2,
+    logits: torch.Tensor, target: torch.Tensor, *, dice_on_logits: bool = False, dice_smooth: float = 1.0,
+    dice_weight: float = 0.5, bce_weight: float = 0.5,
 ) -> torch.Tensor:
-    """Pseudo-segmentation loss of G2D.
+    """Pseudo-segmentation loss of G2D: L = dice_weight * Dice(p, y) + bce_weight * BCEWithLogits(logits, y).
 
-    logits: (B, 1, H, W) raw decoder outputs; target: (B, 1, H, W) pseudo-mask in {0, 1}.
+    logits: (B, 1, H, W) raw decoder outputs; target: (B, 1, H, W) pseudo-mask in {0, 1}. Dice is
+    :func:`soft_dice_loss` with smoothing ``dice_smooth`` on p = sigmoid(logits), or on the RAW logits when
+    ``dice_on_logits`` (a bug of the released code, kept only to reproduce it); BCE is averaged over pixels.
 
-    - ``variant="paper"``: L = 0.5 * (Dice(sigmoid(logits), y) + BCE(sigmoid(logits), y)), BCE averaged over pixels;
-    - ``variant="code"``: L = Dice(logits, y) + 0.2 * BCEWithLogits(logits, y) - the released code's Dice is computed on
-      the RAW logits (no sigmoid), a bug reproduced here only under this variant.
+    - paper (defaults): 0.5 * (softDice(sigmoid(logits), y) + BCE), smooth 1;
+    - released code (``PRETRAIN/utils/loss.py`` ``bceDiceLoss``): ``dice_on_logits=True, dice_smooth=1e-5,
+      dice_weight=1, bce_weight=0.2``.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"pseudo_seg_loss: variant must be one of {VARIANTS}, got {variant!r}")
     if logits.shape != target.shape:
         raise ValueError(f"pseudo_seg_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
     target = target.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target)  # == BCE(sigmoid(logits)), numerically stable
-    if variant == "paper":
-        return 0.5 * (soft_dice_loss(torch.sigmoid(logits), target, smooth=smooth) + bce)
-    return soft_dice_loss(logits, target, smooth=smooth) + code_bce_weight * bce
+    p = logits if dice_on_logits else torch.sigmoid(logits)
+    return dice_weight * soft_dice_loss(p, target, smooth=dice_smooth) + bce_weight * bce

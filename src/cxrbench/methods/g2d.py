@@ -5,7 +5,18 @@ projector on the last feature map (1x1 conv -> BN (no affine) -> ReLU -> 1x1 con
 whose only query is the mean token. Text: a transformers encoder + per-token projector; the embedding is the
 projected [CLS]. Loss = symmetric InfoNCE (tau 0.07) + pseudo-segmentation loss on pseudo-masks made from the pooling
 attention (``pseudo_mask.pseudo_masks``, no gradient); the first ``warmup_global_steps`` optimiser steps use the
-global loss alone (code: 200).
+global loss alone.
+
+Explicit parameters (a preset sets them; absent keys take the PAPER value):
+
+- ``infonce_reduction``: ``mean`` of the two directions (paper) | ``sum`` (code: ``PRETRAIN/utils/loss.py``
+  ``clip_loss``);
+- ``seg_loss``: ``{dice_on_logits, dice_smooth, dice_weight, bce_weight}`` (paper ``false, 1.0, 0.5, 0.5``; code
+  ``true, 1e-5, 1.0, 0.2``, ``bceDiceLoss``), see :func:`cxrbench.losses.pseudo_seg_loss`;
+- ``pseudo_mask``: ``{percentile, aggregate, body_mask, smooth, inclusive, threshold, ...}`` (paper ``85, mean, true,
+  true, true, percentile``; code ``85, mean, false, false, false, percentile``), see :func:`pseudo_mask.pseudo_masks`;
+- ``warmup_global_steps``: paper 0, code 200 (``PRETRAIN/utils/trainer.py``: ``if self.global_step < 200``);
+- ``normalize``: ``{mean, std}`` of the network input (paper: intensities in [0, 1]).
 
 Heads: the paper says 3 attention heads, impossible with an embedding of 128 (128 is not divisible by 3); we keep the
 released code's 4 (``heads`` parameter).
@@ -22,9 +33,9 @@ from torch import nn
 
 from cxrbench.engine.dist import gather_with_grad
 from cxrbench.losses import pseudo_seg_loss, symmetric_infonce
+from cxrbench.losses.infonce import REDUCTIONS
 from cxrbench.methods._base import Method
 from cxrbench.methods._common import (
-    IMAGENET_GRAY,
     UNIT,
     ImageInput,
     StepCounter,
@@ -37,6 +48,24 @@ from cxrbench.methods._common import (
 )
 from cxrbench.methods.pseudo_mask import pseudo_masks
 from cxrbench.registry import METHODS
+
+SEG_LOSS_PAPER = {"dice_on_logits": False, "dice_smooth": 1.0, "dice_weight": 0.5, "bce_weight": 0.5}
+PSEUDO_MASK_PAPER = {"percentile": 85.0, "aggregate": "mean", "body_mask": True, "smooth": True, "inclusive": True}
+PSEUDO_MASK_OPTIONAL = ("threshold", "body_resolution", "bilateral_diameter", "sigma_space", "sigma_color")
+
+
+def section(
+    p: dict[str, Any], key: str, defaults: dict[str, Any], name: str, optional: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``p[key]`` (a mapping) over ``defaults``; a key outside defaults + optional is an error naming it."""
+    given = p.get(key) or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"pretrain.methods.{name}.{key} must be a mapping, got {given!r}")
+    unknown = sorted(set(given) - set(defaults) - set(optional))
+    if unknown:
+        raise ValueError(f"pretrain.methods.{name}.{key}: unknown key(s) {unknown}; "
+                         f"expected {sorted(defaults) + sorted(optional)}")
+    return {**defaults, **given}
 
 
 def conv_projector(in_ch: int, dim: int, conv: type[nn.Module], bn: type[nn.Module]) -> nn.Sequential:
@@ -51,9 +80,12 @@ class AttentionPool(nn.Module):
 
     x: (B, C, h, w) -> pooled (B, C_out), attn (B, heads, h*w), dense (B, C_out, h, w).
     tokens = [mean; patches] + pos; a = softmax(q(t_0) k(t)^T / sqrt(C / heads)) per head over all 1 + hw tokens;
-    pooled = proj(a v(t)). ``attn`` is a's patch part renormalised to sum 1 per head (a per-map scale: the percentile
-    threshold within a head is unchanged). ``dense`` = proj(v(t_patch)) per position, in the pooled vector's space
-    (what zero-shot grounding compares with text)."""
+    pooled = proj(a v(t)). ``attn`` is a's patch part as it is (the mean-token key dropped, NOT renormalised: each
+    head's patch weights sum to 1 - a_h0), as the released code (``PRETRAIN/models/cnn_ae.py``:
+    ``AttentionPool2d.forward`` returns ``nn.MultiheadAttention(..., average_attn_weights=False)``'s weights and
+    ``CNN_AE.forward`` keeps ``att_map[:, :, 1:]``), so the mean over heads weighs every head alike.
+    ``dense`` = proj(v(t_patch)) per position, in the pooled vector's space (what zero-shot grounding compares
+    with text)."""
 
     def __init__(self, dim: int, heads: int, grid: int, out_dim: int | None = None) -> None:
         super().__init__()
@@ -81,8 +113,7 @@ class AttentionPool(nn.Module):
         v = self.v(t).reshape(B, -1, self.heads, dh).transpose(1, 2)
         a = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5, dim=-1)  # (B, heads, 1, 1 + hw)
         pooled = self.proj((a @ v).transpose(1, 2).reshape(B, C))
-        patch = a[:, :, 0, 1:]
-        attn = patch / patch.sum(-1, keepdim=True)
+        attn = a[:, :, 0, 1:]
         dense = self.proj(v[:, :, 1:].transpose(1, 2).reshape(B, h * w, C)).transpose(1, 2).reshape(B, -1, h, w)
         return pooled, attn, dense
 
@@ -94,17 +125,20 @@ class G2DModule(StepCounter):
     def __init__(self, params: dict[str, Any], corpus: Sequence[str] | None, dense: bool) -> None:
         super().__init__()
         p, name = params, params.get("_name", "g2d")
-        self.variant = p.get("variant", "paper")
         self.temperature = float(p.get("temperature", 0.07))
+        self.infonce_reduction = str(p.get("infonce_reduction", "mean"))
+        if self.infonce_reduction not in REDUCTIONS:
+            raise ValueError(f"pretrain.methods.{name}.infonce_reduction must be one of {REDUCTIONS}, "
+                             f"got {self.infonce_reduction!r}")
         # negatives from every process's batch under torchrun (the papers' global batch); the released G2D code: false
         self.gather_negatives = bool(p.get("gather_negatives", True))
-        self.warmup_global_steps = int(p.get("warmup_global_steps", 200))
-        self.pseudo_mask_params = dict(p.get("pseudo_mask") or {})
-        self.dice_smooth = float(p.get("dice_smooth", 1.0))
+        self.warmup_global_steps = int(p.get("warmup_global_steps", 0))
         self.dense = dense
+        if dense:
+            self.seg_loss_params = section(p, "seg_loss", SEG_LOSS_PAPER, name)
+            self.pseudo_mask_params = section(p, "pseudo_mask", PSEUDO_MASK_PAPER, name, PSEUDO_MASK_OPTIONAL)
         image_size = int(require(p, "image_size", name))
-        default_norm = UNIT if self.variant == "paper" else IMAGENET_GRAY
-        self.input = ImageInput(image_size, normalization(p, default_norm), p.get("augment"), int(p.get("seed", 0)))
+        self.input = ImageInput(image_size, normalization(p, UNIT), p.get("augment"), int(p.get("seed", 0)))
         dim = int(p.get("embed_dim", 128))
         self.encoder = build_encoder(p, name)
         stride = self.encoder.pyramid_strides[-1]
@@ -137,14 +171,13 @@ class G2DModule(StepCounter):
         txt = self.text_features(list(batch["text"]))
         if self.gather_negatives:  # (world_size * B, D): one process with the global batch, gradients included
             img, txt = gather_with_grad(img), gather_with_grad(txt)
-        loss_g = symmetric_infonce(img, txt, temperature=self.temperature,
-                                   variant=self.variant)
+        loss_g = symmetric_infonce(img, txt, temperature=self.temperature, reduction=self.infonce_reduction)
         result = {"loss_global": loss_g.detach()}
         loss = loss_g
         if self.dense and self.step >= self.warmup_global_steps:
             logits = self.decoder(out.pyramid, out_size=tuple(x.shape[-2:]))
-            target = pseudo_masks(attn.detach(), view, variant=self.variant, **self.pseudo_mask_params)
-            loss_d = pseudo_seg_loss(logits, target, variant=self.variant, smooth=self.dice_smooth)
+            target = pseudo_masks(attn.detach(), view, **self.pseudo_mask_params)
+            loss_d = pseudo_seg_loss(logits, target, **self.seg_loss_params)
             loss = loss + loss_d
             result["loss_dense"] = loss_d.detach()
         result["loss"] = loss
@@ -169,7 +202,7 @@ class G2DModule(StepCounter):
 
 @METHODS.register("g2d")
 class G2D(Method):
-    """params: see G2DModule / the module docstring; ``variant`` paper | code."""
+    """params: see G2DModule / the module docstring (explicit values; a preset chooses paper or code ones)."""
 
     name = "g2d"
     has_text = True
@@ -177,7 +210,7 @@ class G2D(Method):
     dense = True
 
     def build(self, *, corpus: Sequence[str] | None = None) -> G2DModule:
-        if self.params.get("variant", "paper") not in ("paper", "code"):
-            raise ValueError(f"pretrain.methods.{self.name}.variant must be 'paper' or 'code'")
+        if "dice_smooth" in self.params:
+            raise ValueError(f"pretrain.methods.{self.name}.dice_smooth: replaced by seg_loss.dice_smooth")
         with seeded(int(self.params.get("seed", 0))):
             return G2DModule({**self.params, "_name": self.name}, corpus, dense=self.dense)

@@ -5,8 +5,9 @@ Image: backbone, pooled feature V (no fc) -> projector Linear D->hidden, BN, ReL
 affine). Text: a transformers encoder fully frozen (``freeze_layers="all"``: eval mode, no gradient), its last-layer
 [CLS] -> trainable projector of the same shape. Loss = alignment mean(4 - 4 cos(z_v, z_t)) + orthogonality of the
 raw V (``cxrbench.losses.mflag``). ``embed_dim``: the code builds 1024 (the released config says 768).
-``orth_batch_size``: null divides the Gram matrix by the actual batch size (paper); an int divides by that
-configured per-device batch size like the released code.
+``orth_batch_size``: null divides the Gram matrix by the actual batch size B (paper); an int divides by that
+configured per-device batch size like the released code (512: ``utils/utils_trainer.py``
+``trainer_wBert.orthogonal_loss`` divides by ``self.train_batch_size``; its loader drops the last partial batch).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class MFLAGModule(StepCounter):
         p = params
         self.off_diagonal_weight = float(p.get("off_diagonal_weight", 0.0051))
         self.orth_batch_size = p.get("orth_batch_size")
+        n = self.orth_batch_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"pretrain.methods.mflag.orth_batch_size must be null or a positive integer, got {n!r}")
         self.input = ImageInput(int(require(p, "image_size", "mflag")), normalization(p, HALF), p.get("augment"),
                                 int(p.get("seed", 0)))
         hidden, dim = int(p.get("proj_hidden", 2048)), int(p.get("embed_dim", 1024))
@@ -70,8 +74,7 @@ class MFLAGModule(StepCounter):
         zv = self.visual_projector(v)
         zt = self.text_features(list(batch["text"]))
         align = alignment_loss(zv, zt)
-        bs = None if self.orth_batch_size is None else int(self.orth_batch_size)
-        orth = orthogonality_loss(v, off_diagonal_weight=self.off_diagonal_weight, batch_size=bs)
+        orth = orthogonality_loss(v, off_diagonal_weight=self.off_diagonal_weight, batch_size=self.orth_batch_size)
         return {"loss": align + orth, "loss_align": align.detach(), "loss_orth": orth.detach()}
 
     def embed_image(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,9 @@ recall 0, 0.01, ..., 1). ``interpolation="coco101"`` (default) reproduces that e
 equality with pycocotools; ``interpolation="all"`` gives all-point (VOC2010+) AP, the area under the
 precision envelope, which is slightly larger or smaller than 101-point AP depending on the curve.
 
-Boxes are (x1, y1, x2, y2) in pixels, IoU = |A ∩ B| / |A ∪ B| in continuous coordinates (no +1).
+Boxes are (x1, y1, x2, y2) in pixels, IoU = |A ∩ B| / |A ∪ B| in continuous coordinates (no +1: the "+1 pixel"
+IoU is MGCA's NMS only, ``cxrbench.models.yolo.mgca_nms``). Predicted boxes are taken as given: MGCA does not clip
+them to the image, and neither does ``cxrbench.models.yolo.decode``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from cxrbench.metrics._common import to_numpy
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75)
+MAX_DETECTIONS = 100  # torchmetrics MeanAveragePrecision's default (max_detection_thresholds[-1]): MGCA's metric
 _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
@@ -115,7 +118,7 @@ def map_strict(
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
     conf_threshold: float = 0.5,
     interpolation: str = "coco101",
-    max_dets: int = 100,
+    max_dets: int = MAX_DETECTIONS,
 ) -> dict[str, Any]:
     """mAP over every test image: all GT boxes count (missed positives lower recall) and every detection on an
     image without GT is a false positive.
@@ -136,7 +139,7 @@ def map_reference(
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
     conf_threshold: float = 0.5,
     interpolation: str = "coco101",
-    max_dets: int = 100,
+    max_dets: int = MAX_DETECTIONS,
 ) -> dict[str, Any]:
     """mAP as the published MGCA/G2D numbers were measured (same inputs as :func:`map_strict`).
 

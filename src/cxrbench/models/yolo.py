@@ -265,6 +265,19 @@ def yolo_loss(
     return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
 
 
+def mgca_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Class-wise greedy NMS exactly as MGCA's ``non_max_suppression`` (``mgca/utils/detection_utils.py``): per class,
+    by decreasing score, keep a box and drop every remaining one whose IoU with it is >= ``iou_threshold``, the IoU
+    in "+1 pixel" form (``bbox_iou``: widths x2 - x1 + 1, intersection min(x2) - max(x1) + 1, clamped at 0).
+
+    boxes (n, 4) xyxy, scores (n,), labels (n,) -> kept indices (k,) in decreasing score. The +1 IoU of two boxes is
+    the plain IoU of the boxes grown by 1 at x2 and y2, and ">= t" is "> the next double below t", so this runs as
+    ``torchvision.ops.batched_nms`` (which drops IoU > t) on those boxes: batched, on the boxes' device.
+    """
+    grown = torch.cat([boxes[:, :2], boxes[:, 2:] + 1], dim=1)
+    return batched_nms(grown, scores, labels, math.nextafter(float(iou_threshold), -math.inf))
+
+
 @torch.no_grad()
 def decode(
     outputs: Sequence[torch.Tensor],
@@ -277,11 +290,12 @@ def decode(
 ) -> list[dict[str, torch.Tensor]]:
     """Head maps -> per-image detections ``{"boxes": (n, 4) xyxy pixels, "scores": (n,), "labels": (n,)}``.
 
-    As in the reference: a cell/anchor is kept when its objectness sigmoid(t_o) >= conf_threshold; its score
-    is that objectness and its label the argmax class; boxes are clipped to the image; class-wise NMS
-    (``torchvision.ops.batched_nms``, drops boxes with IoU > nms_iou against a higher-scoring kept box; the
-    reference drops at >= with +1-pixel IoU, a negligible difference) and at most ``max_boxes`` highest
-    scores.
+    As MGCA's pipeline (``mgca/utils/yolo_loss.py`` ``YOLOLoss.forward`` without targets, then
+    ``mgca/utils/detection_utils.py`` ``non_max_suppression``): a cell/anchor is kept when its objectness
+    sigmoid(t_o) >= conf_threshold; its score is that objectness and its label the argmax class; boxes are NOT
+    clipped to the image (MGCA clips nowhere, neither before NMS nor before the metric); :func:`mgca_nms` with
+    ``nms_iou``; at most ``max_boxes`` highest scores (default 100, the most torchmetrics' ``MeanAveragePrecision``
+    counts per image; MGCA's NMS itself has no cap).
     """
     img_hw = _hw(img_size)
     anc = torch.as_tensor(anchors, dtype=torch.float32, device=outputs[0].device)
@@ -292,12 +306,10 @@ def decode(
         obj.append(torch.sigmoid(p[..., 4]).flatten(1))
         cls.append(p[..., 5:].argmax(-1).flatten(1) if p.shape[-1] > 5 else torch.zeros_like(obj[-1]).long())
     boxes, obj, cls = torch.cat(boxes, 1), torch.cat(obj, 1), torch.cat(cls, 1)
-    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, img_hw[1])
-    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, img_hw[0])
     results = []
     for b in range(boxes.shape[0]):
         keep = obj[b] >= conf_threshold
         bx, sc, lb = boxes[b][keep], obj[b][keep], cls[b][keep]
-        idx = batched_nms(bx, sc, lb, nms_iou)[:max_boxes]
+        idx = mgca_nms(bx, sc, lb, nms_iou)[:max_boxes]
         results.append({"boxes": bx[idx], "scores": sc[idx], "labels": lb[idx]})
     return results

@@ -1,6 +1,9 @@
 """Object detection: a YOLOv3 head on the frozen encoder's C3/C4/C5 (strides 8/16/32 through the neck), MGCA
 protocol. Images resized to ``image_size`` without augmentation; COCO anchors scaled by image_size / 416; at most
-``max_boxes`` boxes per image (RSNA 10, Object-CXR 20); early stopping on validation mAP (reference form).
+``max_boxes`` ground-truth boxes per image (RSNA 10, Object-CXR 20); early stopping on validation mAP (reference form).
+Detections follow MGCA's pipeline (``cxrbench.models.yolo.decode``: objectness >= ``conf``, boxes not clipped, NMS
+with the +1-pixel IoU and suppression at >= ``nms_iou``), and every NMS output up to torchmetrics' 100 per image
+(``MAX_DETECTIONS``) reaches the metric - not ``max_boxes``, which caps the ground truth only.
 
 The encoder is frozen and the view deterministic, so the backbone levels the neck reads are computed once per
 (encoder, dataset, split) and kept in the feature cache (``cache_dir``) for every fraction, seed and epoch, as the
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrbench.metrics.detection import map_reference, map_strict
+from cxrbench.metrics.detection import MAX_DETECTIONS, map_reference, map_strict
 from cxrbench.models.yolo import COCO_ANCHORS_416, YOLOv3Head, decode, yolo_loss
 from cxrbench.registry import TASKS
 from cxrbench.tasks import _predictions
@@ -163,7 +166,7 @@ def predict(model: DetectionModel, dataset: Any, batch_size: int, p: dict) -> tu
             anchors=model.anchors,
             conf_threshold=float(p.get("conf", 0.5)),
             nms_iou=float(p.get("nms_iou", 0.5)),
-            max_boxes=model.max_boxes,
+            max_boxes=MAX_DETECTIONS,
         )
         preds += [{k: v.cpu() for k, v in d.items()} for d in dets]
         gts += [t.cpu() for t in model.targets(batch)]
@@ -181,10 +184,13 @@ class Detection(Task):
     name = "detection"
     datasets = ("rsna", "object_cxr")
     metric_forms = {
-        "mAP@reference": "MGCA mAP over IoU 0.40:0.05:0.75: only test images with >= 1 detection of confidence "
-        ">= 0.5 AND >= 1 GT box count (negatives and missed positives dropped)",
-        "mAP@strict": "mAP over IoU 0.40:0.05:0.75 over every test image (missed positives and false positives "
-        "on negatives count)",
+        "mAP@reference": "MGCA mAP over IoU 0.40:0.05:0.75 (COCO 101-point, as torchmetrics): detections as MGCA "
+        "(objectness >= 0.5, boxes not clipped to the image, NMS with +1-pixel IoU suppressing at >= 0.5, up to 100 "
+        "per image); only test images with >= 1 detection AND >= 1 GT box count (negatives and missed positives "
+        "dropped)",
+        "mAP@strict": "mAP over IoU 0.40:0.05:0.75 (COCO 101-point) over every test image (missed positives and "
+        "false positives on negatives count); the same detections as the reference form (unclipped, MGCA NMS, up to "
+        "100 per image)",
     }
 
     def __init__(self, params: dict[str, Any]) -> None:
@@ -221,16 +227,16 @@ class Detection(Task):
         sets = self.datasets_for(model, data, rows, p, int(p.get("feature_batch_size", 64)))
 
         def val_fn(m: DetectionModel) -> dict[str, float]:
-            value = map_reference(*predict(m, sets["valid"], bs, p), max_dets=m.max_boxes)["mAP"]
+            value = map_reference(*predict(m, sets["valid"], bs, p))["mAP"]
             return {"val_mAP": 0.0 if math.isnan(value) else value}  # nothing detected yet = 0, not undefined
 
         join = getattr(sets["train"], "collate", collate)
         fit(model, sets["train"], cfg, Path(out_dir) / "train", seed=seed, collate_fn=join, val_fn=val_fn)
         preds, gts = predict(model, sets["test"], bs, p)
-        _predictions.detection(out_dir, rows["test"], preds, gts, max_dets=model.max_boxes)
+        _predictions.detection(out_dir, rows["test"], preds, gts, max_dets=MAX_DETECTIONS)
         out = {
-            **_flat("reference", map_reference(preds, gts, max_dets=model.max_boxes)),
-            **_flat("strict", map_strict(preds, gts, max_dets=model.max_boxes)),
+            **_flat("reference", map_reference(preds, gts)),
+            **_flat("strict", map_strict(preds, gts)),
         }
         test_images = StoreDataset(data, rows["test"], ("image",))
         save_examples(Path(out_dir) / "examples.npz", test_images, preds, gts, size)
