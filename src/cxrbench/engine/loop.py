@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 import random
-import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +35,7 @@ from cxrbench.engine import dist as D
 from cxrbench.engine.config import EngineConfig, FitResult, lr_at, wd_at
 from cxrbench.engine.data import ResumableBatchSampler, make_loader, to_device
 from cxrbench.engine.precision import resolve_precision
+from cxrbench.engine.progress import progress
 from cxrbench.engine.state import (
     atomic_torch_save,
     capture_rng,
@@ -97,6 +97,7 @@ class _Trainer:
         self.last, self.best_path = out / "last.ckpt", out / "best.ckpt"
         self.identity: dict[str, Any] = {}
         self._gens: dict[str, torch.Generator] | None = None
+        self._last_loss: float | None = None
         self.s: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "acc": {},
                                   "acc_n": 0, "best_metric": None, "bad_epochs": 0, "done": False, "saved_step": 0}
 
@@ -239,7 +240,8 @@ class _Trainer:
 
     def _train(self) -> None:
         self.raw.train()
-        bar = _progress(self.total, self.s["step"], self.cfg.progress and self.info.is_main)
+        images = self.cfg.batch_size * self.info.world_size * self.cfg.grad_accum
+        bar = progress(self.total, self.s["step"], self.cfg.progress and self.info.is_main, items_per_step=images)
         stop = False
         while self.s["step"] < self.total and not stop:
             it = self._epoch_iter()
@@ -249,7 +251,7 @@ class _Trainer:
                 micro = [next(it) for _ in range(self.cfg.grad_accum)]
                 self.s["batch_in_epoch"] += self.cfg.grad_accum
                 self._step(micro)
-                bar.update(1)
+                _advance(bar, self._last_loss)
                 if self.s["step"] % self.cfg.ckpt_every == 0 and not self._epoch_ended():
                     self._save(self.last)
             if self._epoch_ended():
@@ -298,6 +300,7 @@ class _Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf)
         parts = {k: float(v) for k, v in sums.items()}
+        self._last_loss = parts.get("loss")
         self._check_finite(parts, float(norm))
         self.optimizer.step()
         self.s["step"] = step + 1
@@ -372,6 +375,16 @@ class _Trainer:
                          best_metric=self.s["best_metric"], best_path=best)
 
 
+def _advance(bar: Any, loss: float | None) -> None:
+    """One step of ``cxrbench.engine.progress``'s bar: tqdm shows the loss as a postfix, log lines as a field."""
+    if hasattr(bar, "set_postfix"):
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.update(1)
+    else:
+        bar.update(1, loss=loss)
+
+
 def _scalars(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
     """The scalar entries of a module's output dict (detached), 'loss' first."""
     res: dict[str, Any] = {}
@@ -381,11 +394,3 @@ def _scalars(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             res[k] = float(v)
     return res
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    """A tqdm bar on stderr when enabled and stderr is a terminal; otherwise a no-op object."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not (enabled and sys.stderr.isatty()), unit="step",
-                dynamic_ncols=True, leave=False)
