@@ -7,7 +7,9 @@ resolved parameters, runs it (or records why it does not apply) and writes, atom
   "reason", "metrics": {flat keys}, "metric_forms": {key: definition}, "n": {train, valid, test}, "seconds",
   "max_rss_mb"}``. The last two are the run's wall time and peak memory: what Snakemake's ``benchmark:`` records,
   without its per-job memory polling, which costs more than a small run;
-- ``config.json``: the resolved parameters and inputs of the run;
+- ``config.json``: the resolved parameters and inputs of the run (``engine.precision`` as resolved, beside
+  ``precision_requested``) and its ``fingerprint`` (:func:`run_fingerprint`), which also keys ``train/``, the
+  resumable state of a run that has not finished: state of other inputs is removed, never resumed;
 - ``examples.npz`` (segmentation, detection, grounding): a few maps / boxes for the figures (written by the task).
 """
 
