@@ -66,14 +66,18 @@ def test_resnet_pooled_is_mean_of_layer4_and_matches_torchvision(name):
 
 def test_vit_matches_timm_forward_and_other_sizes():
     b, _ = _make("vit_small_patch16")
-    x = torch.randn(2, 3, 32, 48)  # non-square, not the configured size
+    x = torch.randn(2, 3, 32, 32)  # the configured size: timm's forward exactly
     with torch.no_grad():
         out = b(x)
         ref = b.vit.forward_features(x)
-    assert out.pyramid[0].shape == (2, 384, 2, 3)
+        other = b(torch.randn(2, 3, 32, 48))  # non-square, not the configured size
     assert torch.equal(out.pooled, ref[:, 0]) and torch.equal(out.tokens, ref[:, 1:])
+    assert other.pyramid[0].shape == (2, 384, 2, 3)
+    with torch.no_grad():
+        padded = b(torch.randn(1, 3, 30, 32))  # zero-padded below to 32 rows
+    assert padded.pyramid[0].shape == (1, 384, 2, 2)
     with pytest.raises(ValueError, match="not divisible by the patch size 16"):
-        b(torch.randn(1, 3, 30, 32))
+        b(torch.randn(1, 3, 30, 32), mask=torch.zeros(1, 4, dtype=torch.bool))
 
 
 def test_vit_mask_token():
@@ -175,7 +179,7 @@ def test_hf_dinov2_layout_gives_the_same_features(tmp_path, layout):
 
 
 def test_vit_zero_pads_a_side_that_is_not_a_multiple_of_its_patch():
-    """An 18 x 20 input to a /16 ViT is the same as the 32 x 32 image padded with zeros below and right: a 2 x 2 grid."""
+    """An 18 x 20 input to a /16 ViT equals the 32 x 32 image padded with zeros below and right: a 2 x 2 grid."""
     import torch
     import torch.nn.functional as F
 
