@@ -129,7 +129,29 @@ def test_mean_threshold_option():
     m = pseudo_masks(grid, torch.ones(1, 1, 4, 5), threshold="mean", **CODE)
     assert m.flatten().tolist() == [0.0] * 10 + [1.0] * 10
     with pytest.raises(ValueError, match="threshold"):
-        pseudo_masks(grid, torch.ones(1, 1, 4, 5), threshold="gmm")
+        pseudo_masks(grid, torch.ones(1, 1, 4, 5), threshold="otsu")
+
+
+def test_gmm_threshold_splits_two_clusters():
+    # 12 values near 0.1 and 8 near 0.9 (a 4 x 5 map): the mixture's upper component is exactly the 8 high values,
+    # whatever the percentile says (the 85th percentile is 0.9: >= keeps the four 0.9s only)
+    low = [0.1 + 0.01 * (i % 3) for i in range(12)]
+    high = [0.9 - 0.01 * (i % 2) for i in range(8)]
+    grid = torch.tensor(low + high).reshape(1, 1, 4, 5)
+    m = pseudo_masks(grid, torch.ones(1, 1, 4, 5), threshold="gmm", **CODE)
+    assert m.flatten().tolist() == [0.0] * 12 + [1.0] * 8
+    assert pseudo_masks(grid, torch.ones(1, 1, 4, 5), body_mask=False, smooth=False).sum().item() == 4
+    region = torch.ones(1, 1, 4, 5)
+    region[..., -1, :] = 0  # the last row (5 high values) is outside the body: 3 high values remain inside
+    inside = pseudo_masks(grid, torch.ones(1, 1, 4, 5), threshold="gmm", **CODE) * region
+    from cxrbench.methods.pseudo_mask import threshold_maps
+
+    got = threshold_maps(grid, region, percentile=85.0, inclusive=False, threshold="gmm")
+    assert torch.equal(got, inside)
+    # batched: each (image, head) map gets its own mixture (here the second map is the first one reversed)
+    two = torch.cat([grid, grid.flip(-1).flip(-2)]).reshape(1, 2, 4, 5)
+    per = pseudo_masks(two, torch.ones(1, 1, 4, 5), threshold="gmm", aggregate="per_head", **CODE)
+    assert per.sum().item() == 16  # the union of two disjoint sets of 8
 
 
 def test_otsu_two_levels():
