@@ -9,15 +9,37 @@ def report_outputs():
         table, _, ext = key.rpartition("_")
         if key.startswith("figure_") and ext == "png":
             name = table.removeprefix("figure_")
-            out.append(report(path, caption=f"../report/figure_{name}.rst", category="Figures",
-                              labels={"figure": name}))
+            out.append(
+                report(
+                    path,
+                    caption=f"../report/figure_{name}.rst",
+                    category="Figures",
+                    labels={"figure": name},
+                )
+            )
         elif ext == "html":
-            group = "Uncertainty and comparisons" if table in ("scorecard", "comparisons") else "Published vs reproduced"
-            out.append(report(path, caption=f"../report/table_{table}.rst", category=group,
-                              labels={"table": table}))
+            group = (
+                "Uncertainty and comparisons"
+                if table in ("scorecard", "comparisons")
+                else "Published vs reproduced"
+            )
+            out.append(
+                report(
+                    path,
+                    caption=f"../report/table_{table}.rst",
+                    category=group,
+                    labels={"table": table},
+                )
+            )
         elif key == "runs_csv":
-            out.append(report(path, caption="../report/runs.rst", category="Uncertainty and comparisons",
-                              labels={"table": "runs"}))
+            out.append(
+                report(
+                    path,
+                    caption="../report/runs.rst",
+                    category="Uncertainty and comparisons",
+                    labels={"table": "runs"},
+                )
+            )
         else:
             out.append(path)
     return out
