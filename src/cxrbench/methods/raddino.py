@@ -8,6 +8,12 @@ global crop). Teacher targets: centred (momentum 0.9) and sharpened softmax with
 Sinkhorn-Knopp (``centering: sinkhorn_knopp``). The head's last layer is frozen for ``freeze_last_layer_steps``.
 ``param_groups`` applies layer-wise lr decay (no weight decay on biases, norms, tokens). The exported encoder is the
 teacher (``export: teacher``), as DINOv2 and RAD-DINO release.
+
+Continual pretraining (RAD-DINO starts from DINOv2): ``backbone_kwargs.weights`` names a local transformers
+``Dinov2Model`` directory (``facebook/dinov2-base``, ``microsoft/rad-dino``), a DINOv2-format file such as RAD-DINO's
+``backbone_compatible.safetensors`` (or its directory); ``init_head`` names a DINOv2-format head file such as
+RAD-DINO's ``dino_head.safetensors`` (in 768, hidden 2048, bottleneck 256, 65,536 prototypes). Student and teacher
+both start from them. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,17 +46,46 @@ RAD_DINO_NORM = {"mean": 0.5307, "std": 0.2583}
 
 class DINOHead(nn.Module):
     """(N, D) -> (N, prototypes): 3-layer MLP D->hidden->hidden->bottleneck (GELU), L2-normalise, then a
-    weight-normalised linear layer (unit-norm prototype rows, no bias). ``frozen_last`` detaches the last layer."""
+    weight-normalised linear layer without bias, W = g * V / ||V|| per prototype row (DINOv2's
+    ``dinov2/layers/dino_head.py``: ``weight_norm(nn.Linear(bottleneck, K, bias=False))``, g filled with 1 and
+    trained). ``frozen_last`` detaches the last layer (g and V). Keys: ``mlp.{0,2,4}``, ``last`` (V, (K,
+    bottleneck)), ``last_g`` (g, (K, 1))."""
 
     def __init__(self, dim: int, hidden: int, bottleneck: int, prototypes: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
         self.last = nn.Parameter(torch.randn(prototypes, bottleneck) / bottleneck**0.5)
+        self.last_g = nn.Parameter(torch.ones(prototypes, 1))
 
     def forward(self, x: torch.Tensor, frozen_last: bool = False) -> torch.Tensor:
-        w = self.last.detach() if frozen_last else self.last
-        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(w, dim=-1))
+        v, g = (self.last.detach(), self.last_g.detach()) if frozen_last else (self.last, self.last_g)
+        return F.linear(F.normalize(self.mlp(x), dim=-1), g * F.normalize(v, dim=-1))
+
+    def load_dinov2(self, path: str | Path) -> None:
+        """Load a DINOv2-format head file (RAD-DINO's ``dino_head.safetensors``: ``mlp.{0,2,4}.weight/bias`` and
+        ``last_layer.weight_g`` / ``weight_v``, or their ``parametrizations.weight.original0/1`` form, or a plain
+        ``last_layer.weight``). Shapes must match ``head_hidden``, ``head_bottleneck``, ``prototypes``."""
+        from cxrbench.models.backbones import read_state_dict
+
+        sd = {re.sub(r"^(module\.|dino_head\.|teacher\.|student\.)+", "", k): v
+              for k, v in read_state_dict(path).items()}
+        ours = {k: v for k, v in sd.items() if k.startswith("mlp.")}
+        g = sd.get("last_layer.weight_g", sd.get("last_layer.parametrizations.weight.original0"))
+        v = sd.get("last_layer.weight_v", sd.get("last_layer.parametrizations.weight.original1"))
+        if v is None and "last_layer.weight" in sd:
+            v = sd["last_layer.weight"]
+            g = v.norm(dim=1, keepdim=True)
+        if v is None:
+            raise KeyError(f"{path}: no DINO head last layer (last_layer.weight_g/weight_v or last_layer.weight)")
+        ours.update(last=v, last_g=g.reshape(-1, 1))
+        for k, t in ours.items():
+            mine = self.state_dict().get(k)
+            if mine is None or mine.shape != t.shape:
+                raise KeyError(f"{path}: head key {k!r} {tuple(t.shape)} does not fit this head "
+                               f"({None if mine is None else tuple(mine.shape)}): check prototypes, head_hidden, "
+                               "head_bottleneck")
+        self.load_state_dict(ours, strict=True)
 
 
 class RADDINOModule(StepCounter):
@@ -80,6 +116,8 @@ class RADDINOModule(StepCounter):
         K = int(p.get("prototypes", 65536))
         hidden, bottleneck = int(p.get("head_hidden", 2048)), int(p.get("head_bottleneck", 256))
         self.head = DINOHead(self.encoder.out_dim, hidden, bottleneck, K)
+        if p.get("init_head"):  # continual pretraining from a released DINOv2-format head (student and teacher)
+            self.head.load_dinov2(p["init_head"])
         self.teacher_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.register_buffer("dino_center", torch.zeros(1, K))

@@ -36,10 +36,27 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
 
 
 # ----------------------------------------------------------------------------------------------- weight files
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a local weight file (``.safetensors`` or a torch pickle) and unwrap common containers
-    (``{"state_dict": ...}``, ``{"model": ...}``, ``{"teacher": ...}``). Missing file -> FileNotFoundError."""
+#: weight files looked for, in order, when ``weights`` names a directory: a transformers ``save_pretrained``
+#: directory (e.g. ``microsoft/rad-dino``, ``facebook/dinov2-base``), then RAD-DINO's DINOv2-format backbone.
+DIRECTORY_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "backbone_compatible.safetensors")
+
+
+def weights_file(path: str | Path) -> Path:
+    """``path`` itself, or for a directory its first file named in :data:`DIRECTORY_WEIGHTS`."""
     path = Path(path)
+    if path.is_dir():
+        for name in DIRECTORY_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"weights directory {str(path)!r} holds none of {', '.join(DIRECTORY_WEIGHTS)}")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a local weight file (``.safetensors`` or a torch pickle; a directory: see :func:`weights_file`) and
+    unwrap common containers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"teacher": ...}``).
+    Missing file -> FileNotFoundError."""
+    path = weights_file(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone weights file {str(path)!r} does not exist. Nothing is downloaded at run time: put the "
@@ -161,6 +178,21 @@ def _from_hf_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, 1 + M*M, D) position embedding (CLS first, a square M x M patch grid) -> (1, 1 + h*w, D) for grid
+    (h, w), as transformers' ``Dinov2Model`` does (``Dinov2Embeddings.interpolate_pos_encoding``: bicubic,
+    ``align_corners=False``, no antialiasing, computed in float32; unchanged on the native grid). timm's own
+    resampling antialiases (another bicubic kernel), so DINOv2 / RAD-DINO weights would give other features
+    at any input size but the native one."""
+    m = int(round((pos.shape[1] - 1) ** 0.5))
+    if (m, m) == tuple(grid):
+        return pos
+    patch = pos[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2).float()
+    patch = torch.nn.functional.interpolate(patch, size=tuple(grid), mode="bicubic", align_corners=False)
+    patch = patch.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+    return torch.cat([pos[:, :1], patch], dim=1)
+
+
 class ViTBackbone(Backbone):
     """timm ViT (pretrained=False, dynamic image size). For x (B, 3, H, W) (sides not divisible by the patch p
     are zero-padded below / right to the next multiple; H, W below are the padded sides):
@@ -168,7 +200,10 @@ class ViTBackbone(Backbone):
     pyramid = [tokens as (B, D, H/p, W/p)].
 
     ``forward(x, mask)`` with a boolean ``mask`` (B, H/p, W/p) or (B, N) replaces the masked patch embeddings
-    with the learned ``mask_token`` before the position embedding (iBOT-style masked image modelling)."""
+    with the learned ``mask_token`` before the position embedding (iBOT-style masked image modelling).
+    Position embeddings follow :func:`resample_pos_embed` at any other grid, so weights from a transformers
+    ``Dinov2Model`` directory or in DINOv2's own key names (RAD-DINO's ``backbone_compatible.safetensors``) give
+    ``Dinov2Model``'s CLS and patch tokens (same layer scale, qkv, norms; no register tokens)."""
 
     def __init__(
         self,
@@ -194,6 +229,8 @@ class ViTBackbone(Backbone):
             dynamic_img_size=True,
             **kwargs,
         )
+        if self.vit.num_prefix_tokens != 1 or self.vit.no_embed_class:
+            raise ValueError(f"{name}: expected one CLS token with a position embedding (no register tokens)")
         self.patch_size = int(self.vit.patch_embed.patch_size[0])
         self.out_dim = int(self.vit.embed_dim)
         self.mask_token = torch.nn.Parameter(torch.zeros(1, self.out_dim))
@@ -212,12 +249,7 @@ class ViTBackbone(Backbone):
         if mask is not None:
             self.mask_token.data.copy_(mask.reshape(1, -1))
         if "pos_embed" in sd and sd["pos_embed"].shape != self.vit.pos_embed.shape:
-            from timm.layers import resample_abs_pos_embed
-
-            npt = self.vit.num_prefix_tokens
-            sd["pos_embed"] = resample_abs_pos_embed(
-                sd["pos_embed"], new_size=list(self.vit.patch_embed.grid_size), num_prefix_tokens=npt
-            )
+            sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], tuple(self.vit.patch_embed.grid_size))
         _check_load(self.vit, sd, path, ignore=r"^(head|fc_norm|pooler)\.")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> BackboneOutput:
@@ -234,7 +266,9 @@ class ViTBackbone(Backbone):
         if mask is not None:
             m = mask.reshape(B, H // p, W // p, 1).to(t.dtype)
             t = t * (1 - m) + self.mask_token.to(t.dtype) * m
-        t = v.norm(v.blocks(v.norm_pre(v.patch_drop(v._pos_embed(t)))))
+        pos = resample_pos_embed(v.pos_embed, (H // p, W // p))
+        t = torch.cat([v.cls_token.expand(B, -1, -1), t.reshape(B, -1, self.out_dim)], dim=1) + pos
+        t = v.norm(v.blocks(v.norm_pre(v.patch_drop(v.pos_drop(t)))))
         tokens = t[:, v.num_prefix_tokens :]
         grid = tokens.transpose(1, 2).reshape(B, self.out_dim, H // p, W // p)
         return BackboneOutput(pooled=t[:, 0], pyramid=[grid], tokens=tokens)
