@@ -30,11 +30,11 @@ BIN = Path(sys.executable).parent
 COPY = ["Snakefile", "dvc.yaml", "params.yaml", "pyproject.toml", "workflow", "src"]
 # the test's only change to the shipped profile: poll squeue every few seconds instead of the default 40
 FAST = ["--slurm-init-seconds-before-status-checks", "2"]
-# one core per job so the 2-core CI node runs two jobs at a time; checkpoints often and enough steps to cancel in
+# one core per job so the 2-core CI node runs two jobs at a time; a checkpoint early enough to cancel after it
 OVERLAY = {
     "resources": {rule: {"default": {"threads": 1, "mem_mb": 2000, "runtime": 20, "gpus": 0}}
                   for rule in ("generate_synthetic", "prepare", "pretrain", "evaluate", "report")},
-    "pretrain": {"engine": {"ckpt_every": 2}, "methods": {"convirt": {"engine": {"epochs": 5}}}},
+    "pretrain": {"engine": {"ckpt_every": 4}},
 }
 
 
@@ -84,6 +84,7 @@ def project(tmp_path_factory) -> Path:
     (work / "overlay.yaml").write_text(yaml.safe_dump(OVERLAY))
     sh(work, sys.executable, "-m", "cxrbench", "use-params", "overlay.yaml")
     sh(work, "git", "init", "-q")
+    sh(work, "git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-q", "--allow-empty", "-m", "0")
     sh(work, "dvc", "init", "-q")
     shutil.copy2(ROOT / ".dvc" / "config", work / ".dvc" / "config")  # the shipped default remote
     return work
@@ -136,7 +137,7 @@ def test_ci_matrix_on_slurm(slurm, project):
     cancelled_at = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
     assert proc.wait(timeout=900) == 0, (work / "head.log").read_text()[-5000:]
     text = (work / "head.log").read_text()
-    assert f"SLURM-job '{job}' failed" in text, "the cancel was not seen"
+    assert f"SLURM-job '{job}' failed" in text and "Trying to restart job" in text, "no retry after the cancel"
     resumed = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert resumed["done"] and resumed["step"] > cancelled_at
     assert "cxrbench: results in results/report/" in text  # onsuccess says where the results are

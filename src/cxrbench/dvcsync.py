@@ -15,6 +15,7 @@ import html
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,25 +68,30 @@ def read_curves(path: Path) -> list[dict[str, float]]:
 
 
 def export_dvclive(checkpoints: Path, out: Path) -> list[str]:
-    """Every method's pretraining curves (``<checkpoints>/<method>/curves.csv``) through DVCLive into ``out``:
+    """Every method's pretraining curves (``<checkpoints>/<method>/curves.csv``) in DVCLive's layout under ``out``:
     ``plots/metrics/<method>/<name>.tsv`` (step, value) for each logged column and ``metrics.json`` with the last
     values, so ``dvc plots show/diff`` draw one curve per method (no missing value drawn as 0) and ``dvc exp show``
-    lists the final losses. Returns the methods written."""
-    from dvclive import Live
+    lists the final losses. Written with DVCLive's own metric writer (``dvclive.plots.Metric``), not a ``Live``
+    session, which would inspect the Git/DVC repository (and fails in one without commits). Returns the methods."""
+    from dvclive.plots import Metric
+    from dvclive.serialize import dump_json
 
     curves = {p.parent.name: read_curves(p) for p in sorted(Path(checkpoints).glob("*/curves.csv"))}
     curves = {m: rows for m, rows in curves.items() if rows}
     if not curves:
         return []
-    live = Live(str(out), dvcyaml=None, save_dvc_exp=False, report=None, resume=False)
+    shutil.rmtree(Path(out) / "plots" / Metric.subfolder, ignore_errors=True)  # a rerun rewrites, never appends
+    summary: dict[str, dict[str, float]] = {}
     for method, rows in curves.items():
         for row in rows:
-            live.step = int(row["step"])
             for name, value in row.items():
-                if name not in ("step", "epoch"):
-                    live.log_metric(f"{method}/{name}", value)
-    live.make_summary()
-    live.end()
+                if name in ("step", "epoch"):
+                    continue
+                metric = Metric(f"{method}/{name}", str(Path(out) / "plots"))
+                metric.step = int(row["step"])
+                metric.dump(value)
+                summary.setdefault(method, {})[name] = value
+    dump_json(summary, str(Path(out) / "metrics.json"))
     return list(curves)
 
 
@@ -97,7 +103,10 @@ def sync(root: Path, *, force: bool = True) -> int:
         return 0
     params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
     checkpoints = root / params.get("paths", {}).get("checkpoints", "data/checkpoints")
-    export_dvclive(checkpoints, root / DVCLIVE_DIR)
+    try:
+        export_dvclive(checkpoints, root / DVCLIVE_DIR)
+    except (OSError, ValueError) as err:  # curves are a convenience: never fail the run for them
+        print(f"dvc-sync: could not export the pretraining curves to {DVCLIVE_DIR}: {err}", file=sys.stderr)
     if os.environ.get("CXRBENCH_UNDER_DVC"):
         return 0
     complete = [s for s in complete_stages(root) if s in PHASE_RULES]
