@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cxrbench.fingerprint import claim_state_dir
@@ -102,6 +103,8 @@ def run_pretrain(
         if (work / "curves.csv").exists() and work != out_dir and int(os.environ.get("RANK", "0")) == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / "curves.csv", out_dir / "curves.csv")
+        if hasattr(module, "pretrain_examples") and int(os.environ.get("RANK", "0")) == 0:
+            save_examples(module, store, rows, out_dir)
         losses = [h["loss"] for h in result.history if "loss" in h]
         summary.update(steps=result.steps, n_pairs=len(rows), first_loss=losses[0] if losses else None,
                        last_loss=losses[-1] if losses else None)
@@ -110,6 +113,17 @@ def run_pretrain(
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the checkpoint files
         summary["parameters"] = export(module, method, params, out_dir, engine_params=recorded, fingerprint=fp)
     return summary
+
+
+def save_examples(module: Any, store: Any, rows: Any, out_dir: Path, k: int = 4) -> None:
+    """A few corpus images through the method's ``pretrain_examples`` (G2D: attention map, pseudo-mask, decoder
+    prediction) into ``out_dir/examples.npz`` for the report's gallery; manifest rows only, no ids."""
+    from cxrbench.tasks._predictions import save_pretrain_examples
+
+    pick = np.asarray(rows[:k])
+    images = torch.from_numpy(np.asarray(store.images[pick], dtype=np.float32) / 255.0)[:, None]  # (k, 1, S, S)
+    maps = module.pretrain_examples(images)
+    save_pretrain_examples(out_dir, rows=pick, **{name: v.float().cpu().numpy() for name, v in maps.items()})
 
 
 def pretrain_fingerprint(method: str, params: dict[str, Any], engine_params: dict[str, Any],

@@ -16,7 +16,11 @@ Explicit parameters (a preset sets them; absent keys take the PAPER value):
 - ``pseudo_mask``: ``{percentile, aggregate, body_mask, smooth, inclusive, threshold, ...}`` (paper ``85, mean, true,
   true, true, percentile``; code ``85, mean, false, false, false, percentile``), see :func:`pseudo_mask.pseudo_masks`;
 - ``warmup_global_steps``: paper 0, code 200 (``PRETRAIN/utils/trainer.py``: ``if self.global_step < 200``);
-- ``normalize``: ``{mean, std}`` of the network input (paper: intensities in [0, 1]).
+- ``normalize``: ``{mean, std}`` of the network input (paper: intensities in [0, 1]);
+- the decoder's target, for G2D Table 5's "decoder loss" rows and Table 8: ``decoder_target: pseudo_mask`` (G2D),
+  ``image`` (reconstruction: mean squared error between sigmoid(logits) and the [0, 1] view) or ``none`` (no dense
+  loss: the decoder is built but untrained); ``shuffle_pseudo_masks: true`` pairs each image with the pseudo-mask
+  of the next image in the batch (rolled by one: masks that do not belong to their image).
 
 Heads: the paper says 3 attention heads, impossible with an embedding of 128 (128 is not divisible by 3); we keep the
 released code's 4 (``heads`` parameter).
@@ -51,6 +55,7 @@ from cxrbench.registry import METHODS
 
 SEG_LOSS_PAPER = {"dice_on_logits": False, "dice_smooth": 1.0, "dice_weight": 0.5, "bce_weight": 0.5}
 PSEUDO_MASK_PAPER = {"percentile": 85.0, "aggregate": "mean", "body_mask": True, "smooth": True, "inclusive": True}
+DECODER_TARGETS = ("pseudo_mask", "image", "none")
 PSEUDO_MASK_OPTIONAL = ("threshold", "body_resolution", "bilateral_diameter", "sigma_space", "sigma_color")
 
 
@@ -133,6 +138,11 @@ class G2DModule(StepCounter):
         # negatives from every process's batch under torchrun (the papers' global batch); the released G2D code: false
         self.gather_negatives = bool(p.get("gather_negatives", True))
         self.warmup_global_steps = int(p.get("warmup_global_steps", 0))
+        self.decoder_target = str(p.get("decoder_target", "pseudo_mask"))
+        if self.decoder_target not in DECODER_TARGETS:
+            raise ValueError(f"pretrain.methods.{name}.decoder_target must be one of {DECODER_TARGETS}, "
+                             f"got {self.decoder_target!r}")
+        self.shuffle_pseudo_masks = bool(p.get("shuffle_pseudo_masks", False))
         self.dense = dense
         if dense:
             self.seg_loss_params = section(p, "seg_loss", SEG_LOSS_PAPER, name)
@@ -174,14 +184,41 @@ class G2DModule(StepCounter):
         loss_g = symmetric_infonce(img, txt, temperature=self.temperature, reduction=self.infonce_reduction)
         result = {"loss_global": loss_g.detach()}
         loss = loss_g
-        if self.dense and self.step >= self.warmup_global_steps:
+        if self.dense and self.decoder_target != "none" and self.step >= self.warmup_global_steps:
             logits = self.decoder(out.pyramid, out_size=tuple(x.shape[-2:]))
-            target = pseudo_masks(attn.detach(), view, **self.pseudo_mask_params)
-            loss_d = pseudo_seg_loss(logits, target, **self.seg_loss_params)
+            loss_d = self.dense_loss(logits, attn, view)
             loss = loss + loss_d
             result["loss_dense"] = loss_d.detach()
         result["loss"] = loss
         return result
+
+    def dense_loss(self, logits: torch.Tensor, attn: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """logits (B, 1, S, S); attn (B, heads, hw); view (B, 1, S, S) in [0, 1] -> the decoder's loss."""
+        if self.decoder_target == "image":
+            return F.mse_loss(torch.sigmoid(logits), view.mean(1, keepdim=True).to(logits.dtype))
+        target = self.targets(attn, view)
+        return pseudo_seg_loss(logits, target, **self.seg_loss_params)
+
+    def targets(self, attn: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """The pseudo-masks (B, 1, S, S) of a batch (no gradient), rolled by one image when shuffled."""
+        target = pseudo_masks(attn.detach(), view, **self.pseudo_mask_params)
+        return target.roll(1, dims=0) if self.shuffle_pseudo_masks else target
+
+    @torch.no_grad()
+    def pretrain_examples(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """For the report's gallery, in eval mode: images (k, 1, S, S) in [0, 1] -> image (k, S, S) the view,
+        attention (k, h, w) the head-mean map the pseudo-mask is thresholded from, pseudo_mask (k, S, S),
+        prediction (k, S, S) the decoder's probabilities."""
+        was = self.training
+        self.eval()
+        view, x = self.input(images.to(next(self.parameters()).device).float())
+        out, _, attn, _ = self.image_features(x)
+        side = int(round(attn.shape[-1] ** 0.5))
+        masks = self.targets(attn, view)
+        prob = torch.sigmoid(self.decoder(out.pyramid, out_size=tuple(x.shape[-2:])))
+        self.train(was)
+        return {"image": view[:, 0], "attention": attn.mean(1).reshape(-1, side, side), "pseudo_mask": masks[:, 0],
+                "prediction": prob[:, 0]}
 
     # ---- VisionLanguage protocol (zero-shot tasks); call in eval mode
     def embed_image(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
