@@ -111,25 +111,23 @@ def _dry_run_jobs(root: Path, workdir: Path, devices: int | None = None) -> list
     return jobs
 
 
-def test_requests_come_from_params_and_jobs_run_from_any_directory(root, tmp_path):
-    jobs = _dry_run_jobs(root, tmp_path)
-    res = yaml.safe_load((root / "params.yaml").read_text())["resources"]
-    pretrain = next(j for j in jobs if j["rule"] == "pretrain")
-    assert pretrain.get("threads", "1") == str(res["pretrain"]["default"]["threads"])  # printed when > 1
-    assert f"mem_mb={res['pretrain']['default']['mem_mb']}" in pretrain["resources"]
-    assert f"runtime={res['pretrain']['default']['runtime']}" in pretrain["resources"]
+def test_requests_from_params_torchrun_for_devices_and_jobs_run_from_any_directory(root, tmp_path):
+    """One dry run from another directory with pretrain.engine.devices = 3: every job's request comes from params.yaml
+    `resources`, trained methods launch torchrun with 3 processes (threads per process x 3), and every command
+    imports the package by absolute path."""
+    jobs = _dry_run_jobs(root, tmp_path, devices=3)
+    res = yaml.safe_load((root / "params.yaml").read_text())["resources"]["pretrain"]["default"]
+    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    trained = [j for j in pretrain if "random" not in j["wildcards"]]
+    assert trained and len(trained) < len(pretrain)
+    for job in pretrain:
+        assert f"mem_mb={res['mem_mb']}" in job["resources"] and f"runtime={res['runtime']}" in job["resources"]
+        assert job["threads"] == str(res["threads"] * 3)  # printed when > 1
+    for job in trained:
+        assert "-m torch.distributed.run --standalone --nproc_per_node=3 -m cxrbench pretrain" in job["shell"]
     for job in jobs:
         if job.get("shell", "None") != "None":  # the aggregate rules have no command
             assert f"PYTHONPATH={root / 'src'} " in job["shell"], job["shell"][:200]  # absolute: any cwd works
-
-
-def test_pretraining_on_several_devices_launches_torchrun(root, tmp_path):
-    jobs = _dry_run_jobs(root, tmp_path, devices=3)
-    trained = [j for j in jobs if j["rule"] == "pretrain" and "wildcards" in j and "random" not in j["wildcards"]]
-    assert trained
-    for job in trained:
-        assert "-m torch.distributed.run --standalone --nproc_per_node=3 -m cxrbench pretrain" in job["shell"]
-        assert job["threads"] == "3"  # threads per process x devices
 
 
 @pytest.mark.slow  # a Snakemake parse; conda itself cannot be installed here, so a stub answers `conda info`
