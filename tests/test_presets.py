@@ -162,6 +162,7 @@ SHARED = {
     "evaluate.tasks.finetune.engine.lr": "the G2D paper's NIH fine-tuning lr 1e-4",
     "evaluate.tasks.segmentation.engine.weight_decay": "the MGCA protocol's 0.05",
     "evaluate.tasks.segmentation_ed.engine.weight_decay": "the MGCA protocol's 0.05",
+    "pretrain.methods.raddino.init_head": "a fresh DINO head at both scales unless the user points at a release's",
 }
 
 
@@ -212,3 +213,24 @@ def test_chexpert_5x200_is_the_papers_after_the_switch(tmp_path):
                    capture_output=True)
     options = config.dataset_params(config.load_params(tmp_path / "params.yaml"), "chexpert")["options"]
     assert options.get("n_5x200", 200) == 200
+
+
+def test_every_g2d_ablation_entry_differs_from_g2d_in_its_one_change(params):
+    """workflow/params/g2d_ablations.yaml: each Table 5 / Table 8 row is the g2d entry with the change it names,
+    and the report maps each to its published row."""
+    from cxrbench.report.published import published_rows
+
+    overlay = yaml.safe_load((ROOT / "workflow" / "params" / "g2d_ablations.yaml").read_text())
+    p = config.validate_params(config.merge(params, overlay))
+    base = presets.leaves(config.method_params(p, "g2d"))
+    rows = published_rows()
+    for entry, section in overlay["pretrain"]["methods"].items():
+        r = presets.leaves(config.method_params(p, entry))
+        changed = {k for k in set(base) | set(r) if base.get(k) != r.get(k)} - {"name"}
+        changed = {k for k in changed if not k.startswith("preset.")}
+        wanted = {k for k in presets.leaves(section) if k != "method"}
+        if entry == "g2d_code":  # a recipe switch: many values, and variant itself
+            assert "variant" in changed and "seg_loss.dice_on_logits" in changed
+        else:
+            assert changed == wanted, (entry, changed)
+        assert entry in rows or entry == "g2d_code", entry
