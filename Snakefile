@@ -7,6 +7,16 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    method="[a-z0-9_]+",
+    task="[a-z0-9_]+",
+    fraction="[0-9]+",
+    seed="[0-9]+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"

@@ -22,18 +22,10 @@ LOGS = "results/logs"
 BENCH = "results/benchmarks"
 # The stage command. Jobs import the package from this checkout whatever their working directory (an absolute path
 # from workflow.basedir, the directory of the Snakefile), so a conda env or a cluster node needs no installation.
-PYTHONPATH = "PYTHONPATH=" + shlex.quote(os.path.join(workflow.basedir, "src"))
-CLI = PYTHONPATH + " python -m cxrbench"
+PYTHONPATH = f"PYTHONPATH={shlex.quote(os.path.join(workflow.basedir, 'src'))}"
+CLI = f"{PYTHONPATH} python -m cxrbench"
 RESOURCES = PARAMS.get("resources", {})
 FALLBACK_REQUEST = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpus": 0}
-
-
-wildcard_constraints:
-    dataset="[a-z0-9_]+",
-    method="[a-z0-9_]+",
-    task="[a-z0-9_]+",
-    fraction="[0-9]+",
-    seed="[0-9]+",
 
 
 def as_arg(obj):
@@ -80,7 +72,7 @@ def pretrain_launch(method):
 
 
 def job_resources(rule, wildcard=None, processes=lambda wc: 1):
-    """`threads:` and `resources:` of a rule as callables of the job's wildcards: the request of `request(rule,
+    """A rule's `threads:` and `resources:` as callables of the job's wildcards: the request of `request(rule,
     wildcards.<wildcard>)`, threads and gpus times the job's processes. Usage in a rule:
     THREADS, RES = job_resources("evaluate", "task"), then `threads: THREADS` and `resources: **RES`.
     """
@@ -121,3 +113,64 @@ def announce_results():
         f"cxrbench: runs in {PATHS['runs']}/, checkpoints in {PATHS['checkpoints']}/, logs in {LOGS}/",
         file=sys.stderr,
     )
+
+
+def constant(value):
+    """A params entry Snakemake leaves as it is (a plain string with braces, e.g. a prompt, would be a wildcard)."""
+    return lambda wildcards: value
+
+
+def chunk_request(chunk):
+    """A chunk's scheduler request: the largest per-task request of its runs; runtimes add up."""
+    reqs = [request("evaluate", t.task) for t in chunk]
+    out = {k: max(r[k] for r in reqs) for k in ("threads", "mem_mb", "gpus")}
+    out["runtime"] = sum(r["runtime"] for r in reqs)
+    return out
+
+
+# Snakemake's report() output flag under another name: snakefmt reads a line starting "report(" as the directive
+from snakemake.io import report as mark_for_report
+
+
+def report_outputs():
+    """The report's files (matrix.report_files); the HTML tables, the PNG figures and runs.csv marked for
+    `snakemake --report report.html`, each with its caption from workflow/report/."""
+    out = []
+    for key, path in sorted(matrix.report_files(PARAMS).items()):
+        table, _, ext = key.rpartition("_")
+        if key.startswith("figure_") and ext == "png":
+            name = table.removeprefix("figure_")
+            out.append(
+                mark_for_report(
+                    path,
+                    caption=f"../report/figure_{name}.rst",
+                    category="Figures",
+                    labels={"figure": name},
+                )
+            )
+        elif ext == "html":
+            group = (
+                "Uncertainty and comparisons"
+                if table in ("scorecard", "comparisons")
+                else "Published vs reproduced"
+            )
+            out.append(
+                mark_for_report(
+                    path,
+                    caption=f"../report/table_{table}.rst",
+                    category=group,
+                    labels={"table": table},
+                )
+            )
+        elif key == "runs_csv":
+            out.append(
+                mark_for_report(
+                    path,
+                    caption="../report/runs.rst",
+                    category="Uncertainty and comparisons",
+                    labels={"table": "runs"},
+                )
+            )
+        else:
+            out.append(path)
+    return out

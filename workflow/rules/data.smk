@@ -17,8 +17,9 @@ rule generate_synthetic:
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         cfg=as_arg(SYNTHETIC),
+        cli=CLI,
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} generate --out {params.out} --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cli} generate --out {params.out} --resolved {params.cfg} > {log} 2>&1"
 
 
 rule prepare:
@@ -37,5 +38,6 @@ rule prepare:
         **PREPARE_RESOURCES,
     params:
         cfg=lambda wc: as_arg(cxconfig.dataset_params(PARAMS, wc.dataset)),
+        cli=CLI,
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} prepare {wildcards.dataset} --out {output} --workers {threads} --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cli} prepare {wildcards.dataset} --out {output} --workers {threads} --resolved {params.cfg} > {log} 2>&1"

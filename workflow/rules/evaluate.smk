@@ -5,19 +5,6 @@
 EVAL_JOBS = matrix.evaluate_jobs(PARAMS)
 
 
-def constant(value):
-    """A params entry Snakemake leaves as it is (a plain string with braces, e.g. a prompt, would be a wildcard)."""
-    return lambda wildcards: value
-
-
-def chunk_request(chunk):
-    """A chunk's scheduler request: the largest per-task request of its runs; runtimes add up."""
-    reqs = [request("evaluate", t.task) for t in chunk]
-    out = {k: max(r[k] for r in reqs) for k in ("threads", "mem_mb", "gpus")}
-    out["runtime"] = sum(r["runtime"] for r in reqs)
-    return out
-
-
 for j, chunk in enumerate(EVAL_JOBS):
     req = chunk_request(chunk)
 
@@ -48,10 +35,11 @@ for j, chunk in enumerate(EVAL_JOBS):
                 )
             ),
             runs=" ".join(t.spec() for t in chunk),
-            prepared=PATHS["prepared"],
+            prepared=constant(PATHS["prepared"]),
             cache=PATHS["features"],
-            root=PATHS["runs"],
+            root=constant(PATHS["runs"]),
+            cli=CLI,
         shell:
-            "OMP_NUM_THREADS={threads} {CLI} evaluate --method {wildcards.method} --runs {params.runs}"
+            "OMP_NUM_THREADS={threads} {params.cli} evaluate --method {wildcards.method} --runs {params.runs}"
             " --ckpt {input.ckpt} --prepared {params.prepared} --runs-root {params.root} --cache {params.cache}"
             " --resolved {params.cfg} > {log} 2>&1"
