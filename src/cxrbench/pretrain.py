@@ -123,6 +123,8 @@ def save_examples(module: Any, store: Any, rows: Any, out_dir: Path, k: int = 4)
     pick = np.asarray(rows[:k])
     images = torch.from_numpy(np.asarray(store.images[pick], dtype=np.float32) / 255.0)[:, None]  # (k, 1, S, S)
     maps = module.pretrain_examples(images)
+    if maps is None:
+        return
     save_pretrain_examples(out_dir, rows=pick, **{name: v.float().cpu().numpy() for name, v in maps.items()})
 
 

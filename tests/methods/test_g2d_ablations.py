@@ -53,3 +53,8 @@ def test_gallery_maps_have_the_shapes_the_figure_reads(tiny_params, corpus, tiny
     assert set(maps["pseudo_mask"].unique().tolist()) <= {0.0, 1.0}
     assert float(maps["prediction"].min()) >= 0 and float(maps["prediction"].max()) <= 1
     assert F.mse_loss(maps["image"], tiny_batch["image"][:3, 0]).item() < 1e-12  # eval view = the image at 32 px
+
+
+def test_convirt_has_no_gallery(tiny_params, corpus, tiny_batch):
+    m = METHODS.get("convirt")({**tiny_params["convirt"], "seed": 0}).build(corpus=corpus)
+    assert m.pretrain_examples(tiny_batch["image"][:2]) is None

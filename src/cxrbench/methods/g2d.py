@@ -205,10 +205,12 @@ class G2DModule(StepCounter):
         return target.roll(1, dims=0) if self.shuffle_pseudo_masks else target
 
     @torch.no_grad()
-    def pretrain_examples(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def pretrain_examples(self, images: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """For the report's gallery, in eval mode: images (k, 1, S, S) in [0, 1] -> image (k, S, S) the view,
         attention (k, h, w) the head-mean map the pseudo-mask is thresholded from, pseudo_mask (k, S, S),
-        prediction (k, S, S) the decoder's probabilities."""
+        prediction (k, S, S) the decoder's probabilities; None without the dense branch (ConVIRT)."""
+        if not self.dense:
+            return None
         was = self.training
         self.eval()
         view, x = self.input(images.to(next(self.parameters()).device).float())
