@@ -379,3 +379,9 @@ def test_every_option_a_reader_reads_is_in_its_schema():
         options = set(validation.load_schema("datasets", name)["properties"]["options"]["properties"])
         missing = _module_keys(cls, _OPTIONS) - options
         assert not missing, f"datasets/{name}: options {sorted(missing)} not in its schema"
+
+
+def test_paper_scale_with_the_synthetic_stand_in_is_refused(root, params):
+    paper = _bundled(root, params, "paper.yaml")
+    _rejects(_set(paper, "synthetic.enabled", True), "synthetic.enabled", "real downloads")
+    config.validate_params(_set(params, "scale", "custom"))  # synthetic data at another scale: fine

@@ -581,5 +581,14 @@ def _task_places(params: Mapping[str, Any], task: str, dataset: str, fraction: i
     return places
 
 
+def check_scale(params: Mapping[str, Any]) -> Iterator[Problem]:
+    """The paper scale runs on the real downloads: with the synthetic stand-in its numbers would be compared with
+    the published ones as if they meant something."""
+    if _get(params, "scale") == "paper" and _get(params, "synthetic", "enabled"):
+        yield Problem("synthetic.enabled", "the paper scale needs the real downloads: set synthetic.enabled to false "
+                      "and point data.datasets.<name>.raw at them (README: Real data), or use scale demo / custom "
+                      "for synthetic data")
+
+
 CHECKS = (check_methods, check_tasks, check_datasets, check_matrix, check_fractions, check_monitors,
-          check_batches)
+          check_batches, check_scale)
