@@ -219,8 +219,11 @@ def test_curves_csv_and_idempotent_rerun(tmp_path, caplog):
     assert [float(r["loss"]) for r in rows] == pytest.approx([r["loss"] for r in res.history])
     assert float(rows[0]["half"]) == pytest.approx(0.5 * float(rows[0]["mse"]))
     w = m.lin.weight.detach().clone()
-    again = fit(m, Regression(), cfg(batch_size=8, epochs=2, log_every=3), tmp_path, seed=0)
+    with caplog.at_level("WARNING", logger="cxrbench.engine.loop"):
+        again = fit(m, Regression(), cfg(batch_size=8, epochs=2, log_every=3), tmp_path, seed=0)
     assert again.steps == 8 and again.history == res.history and torch.equal(m.lin.weight, w) and m.calls == 8
+    assert "resuming at optimiser step 8 of 8" in caplog.text  # the log tells a resume from a fresh start
+    caplog.clear()
     # another batch size: the state is stale, so the rerun starts fresh and equals a run in an empty directory
     other, fresh = Linear(), Linear()
     with caplog.at_level("WARNING", logger="cxrbench.engine.loop"):
