@@ -73,6 +73,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert a["history"][-1]["loss"] < a["history"][0]["loss"]
 
 
+@pytest.mark.slow  # two torchrun processes: ~12 s; CI runs it in make test-slow
 def test_torchrun_two_processes_match_single_process(tmp_path):
     single = _run(tmp_path, [tmp_path / "one", 8, 0.0])
     assert single.returncode == 0, single.stderr

@@ -173,6 +173,7 @@ def test_every_training_method_is_covered(tiny_params):
     assert untested == [] or all(not METHODS.get(n)({"seed": 0}).trains() for n in untested), untested
 
 
+@pytest.mark.slow  # ~20 s for the four methods: make test stays under 3 minutes; CI runs it in make test-slow
 @pytest.mark.parametrize("name", ["convirt", "g2d", "mflag", "raddino"])
 def test_interrupted_method_resumes_bit_identically(name, tiny_params, tmp_path, monkeypatch):
     """4 steps per epoch, checkpoints at steps 3, 4 (epoch end), 6, 8: interrupted after step 5 (resumes from the

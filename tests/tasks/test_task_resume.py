@@ -159,6 +159,7 @@ def state(tmp_path, out):
     return load("last.ckpt"), load("best.ckpt"), (train / "curves.csv").read_text()
 
 
+@pytest.mark.slow  # ~15 s for the five tasks: make test stays under 3 minutes; CI runs it in make test-slow
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_interrupted_task_resumes_bit_identically(task, make_store, pretrained_factory, tmp_path, monkeypatch):
     ref = run(task, make_store, pretrained_factory, tmp_path, "ref")
