@@ -56,6 +56,7 @@ def _run(tmp_path, args, env_extra=None, torchrun=False):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow  # a subprocess killed and resumed: ~10 s; CI runs it in make test-slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     ref = _run(tmp_path, [tmp_path / "ref", 8, 0.2])
     assert ref.returncode == 0, ref.stderr
