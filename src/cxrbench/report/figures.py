@@ -75,9 +75,9 @@ def data_efficiency(summary: pd.DataFrame, primary: Mapping[tuple[str, str], str
         ax.set_axis_off()
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(methods), 8),
-               fontsize=8, frameon=False)
-    fig.suptitle("Data efficiency (mean over seeds, bars: 95% interval)", fontsize=10, y=1.08)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(methods), 8),
+               fontsize=8, frameon=False)  # below the panels: above them it ran into the title
+    fig.suptitle("Data efficiency (mean over seeds, bars: 95% interval)", fontsize=10, y=1.02)
     return fig
 
 
