@@ -3,7 +3,6 @@ untouched, the rerun resumes the finished chunks and equals a clean run, byte fo
 
 from __future__ import annotations
 
-import hashlib
 import io
 import multiprocessing
 import os
@@ -17,19 +16,11 @@ import pytest
 
 import cxrbench.data.decode as decode
 from cxrbench.data.prepare import partial_dir, prepare_dataset
+from tests.data.test_prepare import store_digest
 
 KW = {"workers": 2, "chunk_size": 2, "progress": False, "fractions": (50, 100)}
 
 
-def store_digest(out: Path) -> str:
-    """sha256 over every file's relative path and bytes of a store directory (not the content-hash cache, which
-    records file mtimes)."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in out.rglob("*") if q.name != ".store_hash.json"):
-        h.update(str(p.relative_to(out)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
