@@ -1,11 +1,15 @@
 """Semantic segmentation: a U-Net decoder (channels 256, 128, 64, 32, 16) trained on the frozen encoder's pyramid
 (MGCA protocol). ``setting: encoder_decoder`` initialises the decoder from the method's pretrained decoder (G2D);
-a method without one is NotApplicable. SIIM trains on all positives plus as many negatives (drawn with the run's
-seed), intersected with the fraction file. Inputs resized to ``image_size`` with shift-scale-rotate at train.
+a method without one is NotApplicable. ``encoder_trainable: true`` updates a copy of the encoder together with the
+decoder (G2D Table 7, task ``segmentation_ft``) at its own learning rate ``encoder_lr`` (null: the engine's lr).
+SIIM trains on all positives plus as many negatives (drawn with the run's seed), intersected with the fraction file.
+Inputs resized to ``image_size`` with shift-scale-rotate at train. The saved examples put test images with
+ground-truth foreground first (``example_rows``).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.metrics.segmentation import dice_reference, dice_strict
+from cxrbench.models.necks import neck_for
 from cxrbench.models.unet import REFERENCE_DECODER_CHANNELS, UNetDecoder
 from cxrbench.registry import TASKS
 from cxrbench.tasks import _predictions
@@ -87,17 +92,48 @@ def decoder_state(full_state: dict[str, Any] | None, decoder: UNetDecoder) -> tu
     return found, ""
 
 
+class TrainableEncoder(nn.Module):
+    """A deep copy of the backbone, trained (gradients, BatchNorm statistics), plus the neck a ViT needs: the
+    counterpart of ``FrozenEncoder`` for the encoder-updated setting; its weights are part of every checkpoint.
+
+    forward(x (B, 3, H, W)) -> (pooled (B, D), pyramid [(B, C_j, H/t_j, W/t_j)] at ``out_strides`` t_j)."""
+
+    def __init__(self, backbone: nn.Module, out_strides: tuple[int, ...], channels: int = 256) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone)  # the caller's encoder (shared by a job's runs) never changes
+        for prm in self.backbone.parameters():
+            prm.requires_grad_(True)
+        self.neck = neck_for(self.backbone, out_strides, channels)  # native levels pass through (a ResNet)
+        self.channels = self.neck.out_channels
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = self.backbone(x)
+        return out.pooled, self.neck(out.pyramid)
+
+
 class SegmentationModel(nn.Module):
-    """Frozen encoder (+ neck for a ViT) and U-Net decoder. forward(batch {"image", "mask"}) -> {"loss"}."""
+    """Encoder (frozen, or trainable with ``p["encoder_trainable"]``; + neck for a ViT) and U-Net decoder.
+    forward(batch {"image", "mask"}) -> {"loss"}. ``param_groups`` gives the encoder its own lr."""
 
     def __init__(self, backbone: nn.Module, p: dict[str, Any], size: int, normalize: dict, seed: int) -> None:
         super().__init__()
         strides = segmentation_strides(backbone)
-        self.encoder = FrozenEncoder(backbone, strides, int(p.get("neck_channels", 256)))
+        encoder = TrainableEncoder if p.get("encoder_trainable", False) else FrozenEncoder
+        self.encoder = encoder(backbone, strides, int(p.get("neck_channels", 256)))
         chans = tuple(p.get("decoder_channels", REFERENCE_DECODER_CHANNELS))
         self.decoder = UNetDecoder(self.encoder.channels, strides, chans)
         self.size, self.normalize, self.p = size, normalize, p
         self.gen = torch.Generator().manual_seed(seed)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The engine's optimiser groups: the backbone at ``encoder_lr`` (null: ``lr``), neck and decoder at ``lr``
+        (frozen parameters are dropped by the engine)."""
+        enc = list(self.encoder.backbone.parameters())
+        ids = {id(q) for q in enc}
+        rest = [q for q in self.parameters() if id(q) not in ids]
+        enc_lr = self.p.get("encoder_lr")
+        return [{"params": enc, "lr": float(lr if enc_lr is None else enc_lr), "weight_decay": weight_decay},
+                {"params": rest, "lr": float(lr), "weight_decay": weight_decay}]
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 1, size, size) in [0, 1] -> logits (B, 1, size, size)."""
@@ -116,6 +152,14 @@ class SegmentationModel(nn.Module):
             self.logits(img), mask.to(device_of(self.decoder)), focal_weight=float(self.p.get("focal_weight", 10.0))
         )
         return {"loss": loss}
+
+
+def example_rows(masks: np.ndarray, k: int) -> np.ndarray:
+    """Positions of up to ``k`` examples in ``masks`` (N, H, W): images with ground-truth foreground first, then
+    those without, each group in test order (a figure of empty masks shows nothing)."""
+    positive = np.asarray(masks).reshape(len(masks), -1).any(axis=1)
+    order = np.concatenate([np.flatnonzero(positive), np.flatnonzero(~positive)])
+    return order[:k].astype(np.int64)
 
 
 @torch.no_grad()
@@ -199,13 +243,13 @@ class Segmentation(Task):
         )
         _, prob, target, images = predict(model, sets["test"], eval_bs)
         _predictions.segmentation(out_dir, sets["test"].rows, prob, target, batch_size=eval_bs)
-        k = min(4, len(prob))
+        pick = example_rows(target, 4)
         save_npz_atomic(
             Path(out_dir) / "examples.npz",
-            image=images[:k],
-            mask=target[:k],
-            prob=prob[:k],
-            row=np.asarray(sets["test"].rows[:k]),
+            image=images[pick],
+            mask=target[pick],
+            prob=prob[pick],
+            row=np.asarray(sets["test"].rows)[pick],
         )
         return {
             "Dice@reference": dice_reference(prob, target, batch_size=eval_bs),
