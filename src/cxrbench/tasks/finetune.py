@@ -91,14 +91,21 @@ class Finetune(Task):
     datasets = ("nih",)
     metric_forms = CLASSIFICATION_FORMS
 
+    def split_rows(self, data: Any, fraction: int, p: dict[str, Any], out_dir: Path) -> dict[str, np.ndarray]:
+        """{"train", "valid", "test": store rows}: the prepared store's split, its ``fraction`` file for train."""
+        return {"train": data.rows("train", fraction), "valid": data.rows("valid", 100), "test": data.rows("test", 100)}
+
+    def fit_fingerprint(self, p: dict[str, Any]) -> dict[str, Any] | None:
+        """Inputs beyond the run's own fingerprint that key the resumable training state (none here)."""
+        return None
+
     def run(self, pretrained: Any, data: Any, fraction: int, seed: int, out_dir: Path) -> dict[str, Any]:
         from cxrbench.engine import fit
 
         p = resolve(self.params, str(data.name), fraction)
         names, multiclass = label_names(data), data.label_kind == "multiclass"
         fields = ("image", "label")
-        sets = {"train": StoreDataset(data, data.rows("train", fraction), fields)}
-        sets.update({s: StoreDataset(data, data.rows(s, 100), fields) for s in ("valid", "test")})
+        sets = {s: StoreDataset(data, rows, fields) for s, rows in self.split_rows(data, fraction, p, out_dir).items()}
         self.n = {s: len(d) for s, d in sets.items()}
         with seeded(seed):
             model = FinetuneModel(
@@ -121,6 +128,7 @@ class Finetune(Task):
             seed=seed,
             collate_fn=collate,
             val_fn=lambda m: {"val_loss": predict(m, sets["valid"], bs)[0]},
+            fingerprint=self.fit_fingerprint(p),
         )
         _, y, logits = predict(model, sets["test"], bs)
         _predictions.classification(out_dir, sets["test"].rows, y, logits=logits, multiclass=multiclass)
