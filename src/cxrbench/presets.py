@@ -40,6 +40,10 @@ _G2D_COMMON: dict[str, Entry] = {
     "embed_dim": (128, f"{G2D_CODE} PRETRAIN/config.yaml projection_head.projection_size"),
     "heads": (4, f"{G2D_CODE} PRETRAIN/config.yaml network.att_pool_head; the paper's 3 cannot divide 128"),
     "temperature": (0.07, f"{G2D_CODE} PRETRAIN/utils/loss.py clip_loss(temperature=0.07); paper: 0.07"),
+    "input.resize": ("stretch", f"{G2D_CODE} ext_data.py: image cropped to its non-zero box, then "
+                                "skimage.transform.resize(img, (resize, resize)) (aspect not kept)"),
+    "input.scale": ("minmax", f"{G2D_CODE} ext_data.py: (img - img.min()) / (img.max() - img.min()) before the "
+                              "resize"),
 }
 
 _G2D_DENSE_PAPER: dict[str, Entry] = {
@@ -76,6 +80,7 @@ _G2D_PAPER_RECIPE: dict[str, Entry] = {
     "gather_negatives": (True, "paper form: negatives of the global batch (all GPUs)"),
     "normalize.mean": (0.0, "paper: intensities in [0, 1], no normalisation"),
     "normalize.std": (1.0, "paper: intensities in [0, 1], no normalisation"),
+    "input.crop": ("none", "paper: 224 random crops of 256 images in training (augment.scale); no fixed crop"),
     "augment.scale": ([0.765625, 0.765625], "paper: random crop 224 of 256 (area fraction (224/256)^2)"),
     "augment.perspective": (0.2, "paper names random perspective without its strength; cxrbench: 0.2"),
     "augment.autocontrast": (0.5, "paper names auto-contrast; probability 0.5 as torchvision's RandomAutocontrast"),
@@ -94,6 +99,8 @@ _G2D_CODE_RECIPE: dict[str, Entry] = {
     "gather_negatives": (False, f"{G2D_CODE} PRETRAIN/utils/trainer.py: clip_loss on each GPU's own batch"),
     "normalize.mean": (0.449, f"{G2D_CODE} PRETRAIN/utils/dataset.py ImageNet Normalize (grayscale mean of means)"),
     "normalize.std": (0.226, f"{G2D_CODE} PRETRAIN/utils/dataset.py ImageNet Normalize (grayscale mean of stds)"),
+    "input.crop": ("center", f"{G2D_CODE} PRETRAIN/utils/dataset.py VLP_dataset.get_dataset: CenterCrop(256), train "
+                             "and test"),
     "augment.degrees": (15.0, f"{G2D_CODE} PRETRAIN/utils/dataset.py RandomAffine(degrees=15, shear=15)"),
     "augment.shear": (15.0, f"{G2D_CODE} PRETRAIN/utils/dataset.py RandomAffine(degrees=15, shear=15)"),
     "augment.brightness": (0.2, f"{G2D_CODE} PRETRAIN/utils/dataset.py ColorJitter(brightness=0.2, contrast=0.2)"),
@@ -122,6 +129,10 @@ _MFLAG_COMMON: dict[str, Entry] = {
     "off_diagonal_weight": (0.0051, f"{MFLAG_CODE} utils/utils_trainer.py trainer_wBert.orthogonal_loss"),
     "normalize.mean": (0.5, f"{MFLAG_CODE} utils/utils_dataset.py Normalize(mean=0.5, std=0.5)"),
     "normalize.std": (0.5, f"{MFLAG_CODE} utils/utils_dataset.py Normalize(mean=0.5, std=0.5)"),
+    "input.resize": ("stretch", f"{MFLAG_CODE} ext_data.py: image cropped to its non-zero box, then "
+                                "skimage.transform.resize(img, (resize, resize)) (aspect not kept)"),
+    "input.crop": ("none", f"{MFLAG_CODE} utils/utils_dataset.py I_T_emb_dataset: RandomCrop(224) only (augmentation)"),
+    "input.scale": ("minmax", f"{MFLAG_CODE} ext_data.py: (img - img.min()) / (img.max() - img.min())"),
     "augment.degrees": (90.0, f"{MFLAG_CODE} utils/utils_dataset.py RandomRotation(degrees=(0, 90)); "
                               "cxrbench draws from +-90"),
     "augment.perspective": (0.5, f"{MFLAG_CODE} utils/utils_dataset.py RandomPerspective(distortion_scale=0.5)"),
@@ -149,6 +160,10 @@ _RADDINO: dict[str, Entry] = {
     "crops.local_scale": ([0.05, 0.32], f"{DINOV2} crops.local_crops_scale"),
     "normalize.mean": (0.5307, "RAD-DINO model card image processor: mean 0.5307"),
     "normalize.std": (0.2583, "RAD-DINO model card image processor: std 0.2583"),
+    "input.resize": ("shorter", "microsoft/rad-dino preprocessor_config.json (BitImageProcessor) size.shortest_edge "
+                                "518; model card: DICOMs resized so the shorter side is 518"),
+    "input.crop": ("center", "microsoft/rad-dino preprocessor_config.json do_center_crop, crop_size 518 x 518"),
+    "input.scale": ("minmax", "RAD-DINO model card, Preprocessing: training DICOMs min-max scaled to [0, 255]"),
     "prototypes": (65536, f"{DINOV2} dino.head_n_prototypes; RAD-DINO dino_head.safetensors"),
     "head_hidden": (2048, f"{DINOV2} dino.head_hidden_dim"),
     "head_bottleneck": (256, f"{DINOV2} dino.head_bottleneck_dim"),
@@ -182,6 +197,9 @@ _RADDINO: dict[str, Entry] = {
 _RANDOM: dict[str, Entry] = {
     "backbone": ("resnet50", "G2D Table 1 'Random Init': the same ResNet-50, no pretraining"),
     "image_size": (224, "MGCA protocol: 224 px inputs"),
+    "input.resize": ("longer", "MGCA protocol: longest side resized, aspect kept, zero padded (the store's geometry)"),
+    "input.crop": ("none", "MGCA protocol: the padded square, no fixed crop"),
+    "input.scale": ("unit", "MGCA protocol: intensities / 255"),
 }
 
 

@@ -156,16 +156,28 @@ def export(module: Any, method: str, params: dict[str, Any], out_dir: Path, *,
     cfg = dict(backbone.config)
     image_size = int(getattr(module, "image_size", None) or module.input.image_size)
     normalize = getattr(module, "normalize", None) or module.input.normalize
+    recipe = input_recipe(image_size, normalize)  # how the encoder is fed (cxrbench.data.recipes)
     _atomic_torch({"method": method, "backbone": {"name": cfg.pop("name"), "kwargs": cfg},
                    "state_dict": backbone.state_dict(), "image_size": image_size,
-                   "normalize": {k: float(v) for k, v in normalize.items()}, "fingerprint": fingerprint or {}},
+                   "normalize": {k: normalize[k] for k in ("mean", "std")}, "fingerprint": fingerprint or {},
+                   "input": {k: recipe[k] for k in ("resize", "crop", "scale")}, "recipe": recipe},
                   out_dir / "encoder.pt")
     _atomic_torch({"method": method, "params": params, "state_dict": module.state_dict()}, out_dir / "model.pt")
     _atomic_json({"method": method, "method_params": params, "engine_params": engine_params or {},
-                  "fingerprint": fingerprint or {}, "encoder_hash": module_hash(backbone)}, out_dir / "config.json")
+                  "fingerprint": fingerprint or {}, "encoder_hash": module_hash(backbone), "recipe": recipe},
+                 out_dir / "config.json")
     counts = {"method": method, "model": count_parameters(module), "encoder": count_parameters(backbone)}
     _atomic_json(counts, out_dir / "params.json")
     return counts
+
+
+def input_recipe(image_size: int, normalize: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's whole input recipe as recorded (``cxrbench.data.recipes.Recipe.as_dict``): size, resize, crop,
+    scale, per-channel mean and std."""
+    from cxrbench.data.recipes import DEFAULT_INPUT, Recipe
+
+    extra = {k: normalize.get(k, v) for k, v in DEFAULT_INPUT.items()}
+    return Recipe.from_params({"image_size": image_size, "normalize": normalize, "input": extra}).as_dict()
 
 
 def checkpoint_method(ckpt_dir: Path) -> str:
@@ -198,7 +210,7 @@ def load_pretrained(ckpt_dir: Path, *, full: bool = True) -> Pretrained:
         raise FileNotFoundError(f"{enc_file}: missing; run `cxrbench pretrain` for this method first")
     backbone, meta = load_cxrbench_encoder(enc_file)
     out = Pretrained(method=meta["method"], backbone=backbone.eval(), image_size=int(meta["image_size"]),
-                     normalize=dict(meta["normalize"]))
+                     normalize={**meta["normalize"], **meta.get("input", {})})  # the input recipe rides along
     m_cls = METHODS.get(meta["method"])
     if full and (m_cls.has_text or m_cls.has_decoder):
         full = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)

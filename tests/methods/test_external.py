@@ -23,7 +23,8 @@ def test_resnet_state_dict_with_prefix(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(mod.encoder(x).pooled, net.eval()(x), atol=1e-5)
-    assert mod.normalize == {"mean": 0.5, "std": 0.25} and mod.image_size == 224
+    assert mod.normalize == {"mean": 0.5, "std": 0.25, "resize": "longer", "crop": "none", "scale": "unit"}
+    assert mod.image_size == 224
     with pytest.raises(KeyError, match="normalize"):
         External({k: v for k, v in p.items() if k != "normalize"}).build()
 

@@ -233,6 +233,11 @@ def block_masks(
     return masks.reshape(n, h * w)
 
 
-def to_input(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) normalised ((x - mean) / std), grayscale replicated."""
-    return ((x - mean) / std).expand(-1, 3, -1, -1)
+def to_input(x: torch.Tensor, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) normalised ((x - mean_c) / std_c), grayscale replicated; mean / std a
+    number or one value per channel."""
+    if isinstance(mean, int | float) and isinstance(std, int | float):
+        return ((x - mean) / std).expand(-1, 3, -1, -1)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - m) / s

@@ -50,9 +50,38 @@ def build_text(params: dict[str, Any], method: str, corpus: Sequence[str] | None
     return build_text_encoder(name, corpus=corpus, **cfg)
 
 
-def normalization(params: dict[str, Any], default: dict[str, float]) -> dict[str, float]:
+def _number(v: Any) -> float | list[float]:
+    return [float(x) for x in v] if isinstance(v, list | tuple) else float(v)
+
+
+def normalization(params: dict[str, Any], default: dict[str, float]) -> dict[str, Any]:
+    """The input recipe a method records (``cxrbench.data.recipes``): ``normalize`` {mean, std} (a number or one
+    per channel) and the ``input`` block {resize, crop, scale} over its defaults (``longer``, ``none``, ``unit``).
+    Exported into encoder.pt, so every downstream task feeds the encoder the same way."""
+    from cxrbench.data.recipes import DEFAULT_INPUT, SCALES
+
     norm = params.get("normalize") or default
-    return {"mean": float(norm["mean"]), "std": float(norm["std"])}
+    extra = {**DEFAULT_INPUT, **dict(params.get("input") or {})}
+    if extra["scale"] not in SCALES:
+        raise ValueError(f"input.scale must be one of {SCALES}, got {extra['scale']!r}")
+    return {"mean": _number(norm["mean"]), "std": _number(norm["std"]), **extra}
+
+
+def scale_images(x: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
+    """The recipe's intensity scale on a batch (B, 1, S, S): ``minmax`` per image over the whole stored square (the
+    pretraining batch carries no content boxes), ``unit`` unchanged."""
+    if recipe.get("scale", "unit") != "minmax":
+        return x
+    from cxrbench.data.recipes import minmax, whole
+
+    return minmax(x, whole(x))
+
+
+def check_input_size(size: int, x: torch.Tensor, where: str) -> None:
+    """A recipe only downsamples the prepared store (``cxrbench.data.recipes.check_store``)."""
+    if int(size) > int(x.shape[-1]):
+        raise ValueError(f"{where}: the input size {size} is larger than the prepared store's {x.shape[-1]} px "
+                         "(data.image_size); prepare the store at the largest input size of the matrix")
 
 
 class ImageInput(nn.Module):
@@ -68,10 +97,13 @@ class ImageInput(nn.Module):
     def forward(self, x: torch.Tensor, step: int | None = None,
                 ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``step``/``ids`` (optimiser step, dataset rows): views a pure function of (seed, step, row), resumable."""
+        check_input_size(self.image_size, x, "pretraining input")
+        x = scale_images(x, self.normalize)
         view = self.augment(x, step=step, ids=ids) if self.training else resize(x, self.image_size)
         return view, self.prepare(view)
 
     def prepare(self, view: torch.Tensor) -> torch.Tensor:
+        """A view in [0, 1] (already scaled by the recipe) -> the normalised 3-channel network input."""
         if view.shape[1] == 3:
             view = view.mean(1, keepdim=True)
         return to_input(view, self.normalize["mean"], self.normalize["std"])

@@ -10,6 +10,17 @@
   DINOv2 / timm ViT state dict -> ``backbone: vit_base_patch14``.
 
 For the last two, ``backbone``, ``image_size`` and ``normalize`` say how to build and feed it.
+
+The input recipe (``cxrbench.data.recipes``: ``image_size``, ``normalize``, ``input`` {resize, crop, scale}) comes,
+lowest first, from: the defaults (``longer`` / ``none`` / ``unit``), the checkpoint (a cxrbench encoder.pt's recorded
+recipe; a Hugging Face directory's ``preprocessor_config.json`` when present, read by
+``recipes.from_hf_preprocessor``: microsoft/rad-dino's gives 518, shorter side, centre crop, mean 0.5307, std 0.2583),
+then the entry's own keys (an explicit value wins). RAD-DINO's min-max scaling of its training images is not in that
+file (model card, "Preprocessing"): its entry sets ``input: {scale: minmax}``.
+
+Several named entries can use this method in one matrix, each with its own checkpoint and published row, e.g.
+``rad_dino_hf: {method: external, checkpoint: data/weights/rad-dino, backbone: vit_base_patch14, input: {scale:
+minmax}}`` beside ``dinov2_base: {method: external, checkpoint: data/weights/dinov2-base, ...}``.
 """
 
 from __future__ import annotations
@@ -65,9 +76,36 @@ def load_cxrbench_encoder(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return bb, {k: v for k, v in enc.items() if k != "state_dict"}
 
 
+def checkpoint_recipe(kind: str, file: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe keys a checkpoint carries: a cxrbench encoder.pt's ``image_size`` / ``normalize`` / ``input``, a
+    Hugging Face directory's ``preprocessor_config.json`` (:func:`cxrbench.data.recipes.from_hf_preprocessor`), or
+    nothing (a bare weight file)."""
+    from cxrbench.data.recipes import HF_PREPROCESSOR, from_hf_preprocessor
+
+    if kind == "cxrbench" and meta is not None:
+        return {"image_size": meta["image_size"], "normalize": dict(meta["normalize"]),
+                "input": dict(meta.get("input") or {})}
+    processor = file.parent / HF_PREPROCESSOR
+    return from_hf_preprocessor(processor) if processor.is_file() else {}
+
+
+def entry_recipe(params: dict[str, Any], found: dict[str, Any], file: Path) -> tuple[int, dict[str, Any]]:
+    """(image_size, the recorded normalize + input mapping): the entry's explicit keys over the checkpoint's."""
+    from cxrbench.methods._common import normalization
+
+    merged = {**found, **{k: params[k] for k in ("image_size", "normalize") if k in params},
+              "input": {**dict(found.get("input") or {}), **dict(params.get("input") or {})}}
+    for key in ("image_size", "normalize"):
+        if key not in merged:
+            raise KeyError(f"pretrain.methods.external.{key} is needed to use the weight file {file} (it has no "
+                           "preprocessor_config.json or recorded recipe)")
+    return int(merged["image_size"]), normalization(merged, merged["normalize"])
+
+
 @METHODS.register("external")
 class External(Method):
-    """params: checkpoint (path), backbone + backbone_kwargs, image_size, normalize {mean, std}."""
+    """params: checkpoint (path), backbone + backbone_kwargs, image_size, normalize {mean, std}, input {resize, crop,
+    scale} (the last three default to what the checkpoint records, module docstring)."""
 
     name = "external"
 
@@ -81,12 +119,11 @@ class External(Method):
         kind, file = resolve_weights(Path(p["checkpoint"]))
         if kind == "cxrbench":
             bb, meta = load_cxrbench_encoder(file)
-            return EncoderOnly(bb, meta["image_size"], dict(meta["normalize"]))
+            return EncoderOnly(bb, *entry_recipe(p, checkpoint_recipe(kind, file, meta), file))
         from cxrbench.models.backbones import build_backbone
 
-        for key in ("backbone", "image_size", "normalize"):
-            if key not in p:
-                raise KeyError(f"pretrain.methods.external.{key} is needed to use the weight file {file}")
+        if "backbone" not in p:
+            raise KeyError(f"pretrain.methods.external.backbone is needed to use the weight file {file}")
+        size, recipe = entry_recipe(p, checkpoint_recipe(kind, file), file)
         bb = build_backbone(p["backbone"], weights=str(file), **dict(p.get("backbone_kwargs") or {}))
-        norm = {"mean": float(p["normalize"]["mean"]), "std": float(p["normalize"]["std"])}
-        return EncoderOnly(bb, int(p["image_size"]), norm)
+        return EncoderOnly(bb, size, recipe)

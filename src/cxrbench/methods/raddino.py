@@ -38,7 +38,15 @@ from cxrbench.losses import (
 )
 from cxrbench.methods._augment import MultiCrop, MultiCropConfig, batch_generator, block_masks, to_input
 from cxrbench.methods._base import Method
-from cxrbench.methods._common import StepCounter, batch_images, build_encoder, normalization, seeded
+from cxrbench.methods._common import (
+    StepCounter,
+    batch_images,
+    build_encoder,
+    check_input_size,
+    normalization,
+    scale_images,
+    seeded,
+)
 from cxrbench.registry import METHODS
 
 RAD_DINO_NORM = {"mean": 0.5307, "std": 0.2583}
@@ -149,6 +157,8 @@ class RADDINOModule(StepCounter):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch_images(batch, self)
+        check_input_size(self.image_size, x, "pretrain.methods.raddino crops.global_size")
+        x = scale_images(x, self.normalize)  # the recipe's intensity scale (RAD-DINO: min-max), before cropping
         B, m, s = x.shape[0], self.normalize["mean"], self.normalize["std"]
         ids = batch.get("row", torch.arange(B))  # crops and masks: pure functions of (seed, step, rows)
         globals_, locals_ = self.multicrop(x, step=self.step, ids=ids)

@@ -76,11 +76,28 @@ def published_rows(overrides: Mapping[str, str] | None = None) -> dict[str, str]
     return {**PUBLISHED_ROWS, **dict(overrides or {})}
 
 
+COLUMNS = ("table", "task", "dataset", "metric", "method", "fraction_pct", "value", "source")
+
+
+def read_user_csv(path: str | Path) -> pd.DataFrame:
+    """One user CSV of published values (``report.published_extra``; docs/published_values.md): a missing file or
+    a missing column is an error naming the file and what it lacks."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report.published_extra: {path} does not exist (a CSV with columns "
+                                f"{','.join(COLUMNS)}; see docs/published_values.md)")
+    frame = pd.read_csv(path, dtype={"fraction_pct": "string"})
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the header must be {','.join(COLUMNS)}")
+    return frame
+
+
 def load_published(extra: Iterable[str | Path] = ()) -> pd.DataFrame:
     """All published rows: the built-in tables plus any user CSVs of the same columns."""
     folder = resources.files("cxrbench.resources").joinpath("published")
     frames = [pd.read_csv(folder.joinpath(name).open(), dtype={"fraction_pct": "string"}) for name in BUILTIN]
-    frames += [pd.read_csv(path, dtype={"fraction_pct": "string"}) for path in extra]
+    frames += [read_user_csv(path) for path in extra]
     table = pd.concat(frames, ignore_index=True)
     table["value_num"] = pd.to_numeric(table["value"], errors="coerce")
     return table

@@ -130,11 +130,40 @@ def shift_scale_rotate(
     return img, msk
 
 
-def to_input(x: torch.Tensor, normalize: Mapping[str, Any]) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) normalised (x - mean) / std (scalars or per-channel lists)."""
+def to_input(x: torch.Tensor, normalize: Mapping[str, Any], *, scaled: bool = False) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) normalised (x - mean) / std (scalars or per-channel lists).
+
+    ``normalize`` is the encoder's input recipe as :class:`cxrbench.methods._base.Pretrained` carries it ({mean,
+    std} plus the recipe's ``resize``, ``crop``, ``scale``; ``cxrbench.data.recipes``): with ``scale: minmax`` each
+    view is first min-max scaled over its pixels, unless the caller already scaled it (``scaled``)."""
+    if normalize.get("scale", "unit") == "minmax" and not scaled:
+        from cxrbench.data.recipes import minmax, whole
+
+        x = minmax(x, whole(x))
     mean = torch.as_tensor(normalize.get("mean", 0.5), dtype=x.dtype).reshape(-1, 1, 1)
     std = torch.as_tensor(normalize.get("std", 0.5), dtype=x.dtype).reshape(-1, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean.to(x.device)) / std.to(x.device)
+
+
+def input_recipe(normalize: Mapping[str, Any], size: int) -> Any:
+    """The :class:`cxrbench.data.recipes.Recipe` of an encoder at input ``size`` from the ``normalize`` mapping a
+    :class:`Pretrained` carries (a checkpoint written before recipes existed: ``longer`` / ``none`` / ``unit``)."""
+    from cxrbench.data.recipes import DEFAULT_INPUT, Recipe
+
+    extra = {k: normalize.get(k, v) for k, v in DEFAULT_INPUT.items()}
+    return Recipe.from_params({"image_size": int(size), "normalize": normalize, "input": extra}, "encoder")
+
+
+def recipe_view(store: Any, rows: np.ndarray, x: torch.Tensor, normalize: Mapping[str, Any], size: int,
+                crop_ratio: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """An image-level input as the encoder was fed: the recipe's region of each store image (``rows`` give the
+    content boxes) and its scale, resized to round(size / crop_ratio), then the protocol's crop of ``size``
+    (centred without ``gen``), normalised. x (B, 1, S, S) [0, 1] -> (B, 3, size, size)."""
+    from cxrbench.data.recipes import content_boxes, view
+
+    recipe = input_recipe(normalize, size)
+    region = view(x, recipe, content_boxes(store, rows), size=round(size / crop_ratio))
+    return to_input(crop(region, size, gen), normalize, scaled=True)
 
 
 def task_image_size(params: Mapping[str, Any], pretrained: Any) -> int:
@@ -265,14 +294,15 @@ def extract_features(
     normalize: Mapping[str, Any],
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Pooled features (n, D) float32 of the frozen ``backbone`` on the deterministic test view (resize to
-    size / crop_ratio, centre crop ``size``) of ``rows``, in the order given."""
+    """Pooled features (n, D) float32 of the frozen ``backbone`` on the deterministic test view of ``rows``, in the
+    order given: the encoder's input recipe (:func:`recipe_view`: its region and scale, resized to size /
+    crop_ratio, centre crop ``size``, its normalisation)."""
     was_training = backbone.training
     backbone.eval()
     dev = device_of(backbone)
     out = []
     for batch in batches(StoreDataset(store, rows), batch_size):
-        x = to_input(classification_view(batch["image"], size, crop_ratio, None), normalize)
+        x = recipe_view(store, batch["row"].numpy(), batch["image"], normalize, size, crop_ratio)
         out.append(backbone(x.to(dev)).pooled.float().cpu())
     backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, int(backbone.out_dim))
@@ -384,8 +414,9 @@ def cached_features(
         store,
         split,
         image_size=int(size),
-        transform=f"resize{round(size / crop_ratio)}-centrecrop{size}",
+        transform=f"recipe-resize{round(size / crop_ratio)}-centrecrop{size}",
         normalize=dict(normalize),
+        recipe=input_recipe(normalize, size).as_dict(),
     )
     rows = np.asarray(store.rows(split, 100), dtype=np.int64)
 
