@@ -20,6 +20,7 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/audit.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -38,6 +39,7 @@ rule all:
         TARGETS["data"],
         TARGETS["pretrain"],
         TARGETS["evaluate"],
+        TARGETS["audit"],
         TARGETS["report"],
 
 

@@ -78,7 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     syn = _resolved(args, lambda params: params["synthetic"])
     summary = generate(
         Path(args.out), seed=syn["seed"], sizes=syn["sizes"], image_size=syn["image_size"],
-        datasets=args.datasets or None,
+        datasets=args.datasets or None, duplicates=int(syn.get("duplicates", 0)),
     )
     marker = Path(args.out) / "SYNTHETIC.json"  # what the workflow depends on: written last, atomically
     tmp = marker.with_suffix(".json.tmp")
@@ -179,6 +179,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from cxrbench import audit
+
+    cfg = _resolved(args, audit.audit_params)
+    result = audit.run_audit(cfg)
+    out = args.out or audit.audit_file(_params(args))
+    audit.write_result(result, out)
+    print(config.dumps({"file": str(out), "pairs": result["pairs"], "unmatched": result["unmatched"]}))
+    return 0
+
+
 def _read_yaml(path: str) -> Any:
     """A parameter file read strictly (duplicate keys, syntax errors: file, line and column)."""
     from cxrbench import yamlio
@@ -247,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_list, "list the registered datasets, methods, tasks and backbones")
     add("validate", cmd_validate, "validate the parameter file and count the runs of the matrix")
     p = add("targets", cmd_targets, "print the final targets of the matrix (per phase)")
-    p.add_argument("--phase", choices=["data", "pretrain", "evaluate", "report"], help="only this phase's targets")
+    p.add_argument("--phase", choices=["data", "pretrain", "evaluate", "audit", "report"],
+                   help="only this phase's targets")
     p = add("generate", cmd_generate, "write the seeded synthetic datasets in their real download layouts", True)
     p.add_argument("--out", required=True, help="directory of the synthetic downloads (one folder per dataset)")
     p.add_argument("--datasets", nargs="*", help="only these datasets (default: every one in synthetic.sizes)")
@@ -280,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "tables (published vs reproduced), figures and summary metrics", True)
     p.add_argument("--runs", help="root of the run directories (default: paths.runs)")
     p.add_argument("--out", help="report directory (default: paths.report)")
+    p = add("audit", cmd_audit, "contamination audit: test images and patients each pretraining corpus holds", True)
+    p.add_argument("--out", help="result file (default: <audit.out>/contamination.json)")
     p = add("use-params", cmd_use_params, "merge a parameter set (e.g. workflow/params/paper.yaml) into params.yaml")
     p.add_argument("file", help="the parameter set to merge, e.g. workflow/params/ci.yaml")
     add("check-tree", cmd_check_tree, "fail (exit 3) when another Snakemake run holds this working tree (DVC stages "

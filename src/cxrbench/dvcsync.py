@@ -44,7 +44,7 @@ def complete_stages(root: Path) -> list[str]:
 #: dvc.yaml stage -> the Snakemake rule that builds that phase
 PHASE_RULES = {
     "synthetic": "generate_synthetic", "data": "data", "pretrain": "pretrain_all", "evaluate": "evaluate_all",
-    "report": "all",
+    "audit": "audit", "report": "all",
 }
 
 

@@ -123,7 +123,8 @@ def report_params(params: Mapping[str, Any]) -> dict[str, Any]:
     tasks = {t: {k: v for k, v in sections[t].items() if k in keep} for t in params["matrix"]["tasks"]}
     return {"matrix": params["matrix"], "evaluate": {"tasks": tasks}, "paths": params["paths"],
             "report": params["report"], "scale": params["scale"],
-            "data": {"split_protocol": params["data"]["split_protocol"]}}
+            "data": {"split_protocol": params["data"]["split_protocol"]},
+            "audit": {k: params["audit"][k] for k in ("out", "exclude_contaminated")} if "audit" in params else {}}
 
 
 REPORT_TABLES = ("g2d_table1", "g2d_table2a", "g2d_table2b", "g2d_table3", "g2d_table4", "g2d_table5", "g2d_table7",
@@ -139,7 +140,7 @@ def report_files(params: Mapping[str, Any]) -> dict[str, str]:
     root = params["paths"]["report"]
     names = {"summary": "summary.json", "runs_csv": "runs.csv", "curves": "pretrain_curves.csv",
              "plot_pretrain_loss": "plots/pretrain_loss.csv", "plot_efficiency": "plots/efficiency.csv"}
-    for table in (*REPORT_TABLES, "scorecard", "comparisons"):
+    for table in (*REPORT_TABLES, "scorecard", "comparisons", "contamination", "contamination_metrics"):
         names.update({f"{table}_{ext}": f"tables/{table}.{ext}" for ext in ("md", "csv", "tex", "html")})
     names.update({f"metrics_{table}": f"metrics/{table}.json" for table in REPORT_TABLES})
     for fig in REPORT_FIGURES:
@@ -149,11 +150,14 @@ def report_files(params: Mapping[str, Any]) -> dict[str, str]:
 
 def targets(params: Mapping[str, Any]) -> dict[str, list[str]]:
     """Final targets per phase (what ``snakemake <phase>`` and the DVC stage of that phase produce)."""
+    from cxrbench.audit import audit_file
+
     root = params["paths"]["runs"]
     return {
         "data": [prepared_dir(params, d) for d in datasets(params)],
         "pretrain": [checkpoint_dir(params, m) for m in params["matrix"]["methods"]],
         "evaluate": [r.metrics_path(root) for r in runs(params)],
+        "audit": [audit_file(params)],
         "report": sorted(report_files(params).values()),
     }
 

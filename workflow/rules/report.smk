@@ -5,6 +5,7 @@ rule report:
     input:
         runs=TARGETS["evaluate"],
         curves=TARGETS["pretrain"],
+        audit=cxaudit.audit_file(PARAMS),
     output:
         report_outputs(),
     log:

@@ -2,9 +2,10 @@
 figures and DVC metrics/plots.
 
 :func:`build_report` writes, under the report directory (file names from :func:`cxrbench.matrix.report_files`):
-``tables/<paper>_<table>.{md,csv,tex,html}`` (one set per published table), ``tables/scorecard.*`` and
-``tables/comparisons.*``, ``runs.csv`` (every metric of every run with its bootstrap interval), ``summary.json``
-and ``metrics/<table>.json`` (DVC metrics), ``figures/<name>.{png,svg}`` and ``plots/`` (DVC plot data).
+``tables/<paper>_<table>.{md,csv,tex,html}`` (one set per published table), ``tables/scorecard.*``,
+``tables/comparisons.*``, ``tables/contamination{,_metrics}.*`` (the audit:
+:mod:`cxrbench.report.contamination`), ``runs.csv`` (every metric of every run with its bootstrap interval),
+``summary.json`` and ``metrics/<table>.json`` (DVC metrics), ``figures/<name>.{png,svg}``, ``plots/`` (DVC plot data).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench import matrix
-from cxrbench.report import figures, runs, tables
+from cxrbench.report import contamination, figures, runs, tables
 from cxrbench.report.published import load_published, published_rows
 from cxrbench.report.runs import collect, primary_metric, summarize
 
@@ -181,6 +182,8 @@ def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, wi
                                       "percentage points, its paired-bootstrap 95% interval and two-sided p; "
                                       "DeLong's p for single-label AUROC."], ctx, cells=False)
     _write_table(files, "comparisons", "Paired comparisons between methods", comp_notes, _comparison_table(comp))
+    for stem, title, notes, table in contamination.report_tables(params, preds):
+        _write_table(files, stem, title, notes, table)
     merged = long.merge(boot, on=[*runs.KEYS, "metric"], how="left") if len(boot) else long
     _write(files["runs_csv"], merged.to_csv(index=False))
     _write(files["summary"], json.dumps(summary_metrics(summary), indent=2, sort_keys=True))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import duplicates as dup
 from .layouts_kaggle import write_rsna, write_siim
 from .layouts_mimic import write_mimic, write_ms_cxr
 from .layouts_other import write_covidx, write_object_cxr
@@ -72,14 +73,16 @@ def disease_counts(summary: dict[str, dict]) -> dict[str, int]:
 
 
 def generate(out_root: Path, *, seed: int = 0, sizes: dict[str, int] | None = None, image_size: int = 256,
-             datasets: Sequence[str] | None = None) -> dict:
+             datasets: Sequence[str] | None = None, duplicates: int = 0) -> dict:
     """Write the synthetic datasets under ``out_root/<name>/`` in their real download layouts.
 
     ``sizes`` overrides ``DEFAULT_SIZES`` per dataset (MIMIC: patients; others: images). ``ms_cxr`` boxes refer to the
     MIMIC corpus of the same seed, ``sizes["mimic"]`` and ``image_size`` (generate ``mimic`` too to have its images).
     Output is byte-identical for identical arguments. Returns ``{"seed", "image_size", "sizes", "datasets":
     {name: counts}, "diseases": {"<dataset>/<label>": positives}, "planted_phi": {name: [identifiers]},
-    "seconds": {name: s}}``; planted identifiers must never reach a prepared store.
+    "seconds": {name: s}, "duplicates": {name: planted}}``; planted identifiers must never reach a prepared store.
+    ``duplicates``: MIMIC images planted into the RSNA and SIIM test splits each (``duplicates.py``; needs
+    ``mimic`` generated first); the ground truth goes to ``out_root/DUPLICATES.json``.
     """
     if image_size < 32:
         raise ValueError(f"image_size={image_size}: expected at least 32 pixels")
@@ -90,14 +93,20 @@ def generate(out_root: Path, *, seed: int = 0, sizes: dict[str, int] | None = No
         raise ValueError(f"unknown synthetic dataset(s) {unknown}; expected some of {list(DATASET_NAMES)}")
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
+    planted: list[dict[str, str]] = []
     result: dict = {"seed": seed, "image_size": image_size, "sizes": {n: full[n] for n in names}, "datasets": {},
                     "planted_phi": {}, "seconds": {}}
     for name in names:
         t0 = time.perf_counter()
         write = _writer(name, full)
+        if duplicates and name in dup.TARGETS:
+            write = dup.planting(write, name, out_root, seed, duplicates, full, image_size, planted)
         summary = _atomic(out_root, name, lambda d, w=write, n=name: w(d, seed, full[n], image_size))
         result["planted_phi"][name] = summary.pop("planted_phi", [])
         result["datasets"][name] = summary
         result["seconds"][name] = round(time.perf_counter() - t0, 3)
     result["diseases"] = disease_counts(result["datasets"])
+    if duplicates:
+        dup.write_ground_truth(out_root, planted, dup.shared_ids(seed, full, image_size))
+        result["duplicates"] = {n: sum(r["target"] == n for r in planted) for n in dup.TARGETS if n in names}
     return result
