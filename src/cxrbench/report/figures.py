@@ -160,15 +160,24 @@ def _contour(mask: np.ndarray, color: str):
     return lambda ax: ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=color, linewidths=0.8)
 
 
+def positives_first(masks: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` positions of ``masks`` (n, H, W): those with ground-truth foreground first, then the empty ones,
+    each in saved order (an empty ground truth shows no outline to compare with)."""
+    has_fg = np.asarray(masks).reshape(len(masks), -1).any(axis=1)
+    return [int(i) for i in np.concatenate([np.flatnonzero(has_fg), np.flatnonzero(~has_fg)])[:k]]
+
+
 def segmentation_examples(examples: Mapping[str, Mapping[str, np.ndarray]], k: int = 3):
-    """examples: {run label: arrays of a segmentation run's examples.npz (image, mask, prob)}. Per run: each
-    image with the ground truth outlined (green) beside the predicted probability (prob > 0.5 outlined red)."""
+    """examples: {run label: arrays of a segmentation run's examples.npz (image, mask, prob)}. Per run: up to ``k``
+    images, those with ground-truth foreground first (:func:`positives_first`), each with the ground truth outlined
+    (green) beside the predicted probability (prob > 0.5 outlined red); empty ground truths are titled so."""
     rows = []
     for label, ex in examples.items():
         panels = []
-        for i in range(min(k, len(ex["image"]))):
+        for i in positives_first(ex["mask"], k):
             img, gt, prob = ex["image"][i], ex["mask"][i], ex["prob"][i]
-            panels.append((f"#{i} image + GT", _both(_show(img), _contour(gt, "lime")), None))
+            gt_title = "image + GT" if np.asarray(gt).any() else "image (empty GT)"
+            panels.append((f"#{i} {gt_title}", _both(_show(img), _contour(gt, "lime")), None))
             panels.append((f"#{i} prediction", _both(_show(prob, "viridis", vmin=0, vmax=1), _contour(prob, "red")),
                            None))
         rows.append((label, panels))

@@ -25,6 +25,7 @@ from cxrbench.tasks._predictions import load_predictions
 #: the metric each task is summarised by (the papers' headline metric, in its reference form)
 PRIMARY = {
     "linear": "AUROC", "finetune": "AUROC", "segmentation": "Dice@reference", "segmentation_ed": "Dice@reference",
+    "segmentation_ft": "Dice@reference", "finetune_medklip": "AUROC",
     "detection": "mAP@reference", "zeroshot": "AUROC", "grounding": "PointingGame",
 }
 PRIMARY_BY_DATASET = {("linear", "covidx"): "ACC"}

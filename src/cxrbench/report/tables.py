@@ -60,8 +60,11 @@ TABLES: tuple[PaperTable, ...] = (
                           f"row is '{FULL_MODEL_ABLATION}'.",)),
     PaperTable("g2d_table7", "Table 7", "G2D Table 7: segmentation with the encoder updated; NIH fine-tuning on "
                "MedKLIP's split", _SEG_DET,
-               ("Reproduced cells come from the tasks segmentation_ft / finetune_medklip when the matrix runs them; "
-                "MedKLIP's split files are used only where they are public, otherwise the cells stay blank.",)),
+               ("Reproduced cells come from the tasks segmentation_ft (encoder fine-tuned with the U-Net decoder) "
+                "and finetune_medklip when the matrix runs them.",
+                "MedKLIP's ChestX-ray14 split is not public: its repository ships only the test list (the official "
+                "test_list.txt), not its train / valid files, so the MedKLIP-split cells are n/a unless "
+                "evaluate.tasks.finetune_medklip.split_files points at the three files.")),
     PaperTable("mflag_published", "M-FLAG", "M-FLAG's published numbers (from G2D Table 1 and other sources)",
                _SEG_DET, ("Sources that do not state a training fraction are placed at 100%.",)),
 )
