@@ -76,7 +76,8 @@ def run_fingerprint(task: str, dataset: str, fraction: int, seed: int, params: d
     recorded = {k: v for k, v in recorded_params(params, dataset, fraction).items() if k != "cache_dir"}
     return normalise({"stage": "evaluate", "task": task, "dataset": dataset, "fraction": fraction, "seed": seed,
                       "params": recorded, "code": code_version(), "data": data_hash(store),
-                      "encoder": module_hash(pretrained.backbone), "input": dict(pretrained.normalize),
+                      "encoder": module_hash(pretrained.backbone),
+                      "input": {**dict(pretrained.normalize), "size": int(pretrained.image_size)},  # the recipe
                       "model": file_hash(full_model) if full_model is not None else None})
 
 

@@ -180,6 +180,11 @@ def whole(x: torch.Tensor) -> torch.Tensor:
 def minmax(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Each image's content mapped from its own [min, max] to [0, 1] (a flat image to 0); outside the content 0.
     x (B, 1, S, S), boxes (B, 4) -> (B, 1, S, S)."""
+    B, _, H, W = x.shape
+    if bool((boxes == torch.as_tensor([0, 0, H, W])).all()):  # whole squares: one vectorised pass
+        lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        span = hi - lo
+        return torch.where(span > 0, (x - lo) / span.clamp_min(1e-12), torch.zeros_like(x))
     out = torch.zeros_like(x)
     for i, (t, s, h, w) in enumerate(boxes.tolist()):
         part = x[i, :, t : t + h, s : s + w]
@@ -201,7 +206,7 @@ def region(box: tuple[int, int, int, int], resize: str, store_size: int) -> tupl
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(1, C, h, w) -> (1, C, size, size): antialiased bilinear (area-like when shrinking); unchanged at size."""
+    """(n, C, h, w) -> (n, C, size, size): antialiased bilinear (area-like when shrinking); unchanged at size."""
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -213,11 +218,13 @@ def view(x: torch.Tensor, recipe: Recipe, boxes: torch.Tensor | None = None, siz
     boxes = whole(x) if boxes is None else boxes
     out_size = int(size or recipe.size)
     scaled = minmax(x, boxes) if recipe.scale == "minmax" else x
-    parts = []
-    for i, box in enumerate(boxes.tolist()):
-        t, s, h, w = region(tuple(box), recipe.resize, int(x.shape[-1]))
-        parts.append(_resize(scaled[i : i + 1, :, t : t + h, s : s + w], out_size))
-    return torch.cat(parts) if parts else x.new_zeros((0, x.shape[1], out_size, out_size))
+    out = x.new_zeros((x.shape[0], x.shape[1], out_size, out_size))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, box in enumerate(boxes.tolist()):  # images with the same region are resized in one call
+        groups.setdefault(region(tuple(box), recipe.resize, int(x.shape[-1])), []).append(i)
+    for (t, s, h, w), idx in groups.items():
+        out[idx] = _resize(scaled[idx, :, t : t + h, s : s + w], out_size)
+    return out
 
 
 def normalise(x: torch.Tensor, recipe: Recipe) -> torch.Tensor:

@@ -159,9 +159,10 @@ def recipe_view(store: Any, rows: np.ndarray, x: torch.Tensor, normalize: Mappin
     """An image-level input as the encoder was fed: the recipe's region of each store image (``rows`` give the
     content boxes) and its scale, resized to round(size / crop_ratio), then the protocol's crop of ``size``
     (centred without ``gen``), normalised. x (B, 1, S, S) [0, 1] -> (B, 3, size, size)."""
-    from cxrbench.data.recipes import content_boxes, view
+    from cxrbench.data.recipes import check_store, content_boxes, view
 
     recipe = input_recipe(normalize, size)
+    check_store(recipe, int(x.shape[-1]), "the encoder's view")
     region = view(x, recipe, content_boxes(store, rows), size=round(size / crop_ratio))
     return to_input(crop(region, size, gen), normalize, scaled=True)
 
