@@ -51,6 +51,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "box_unknown_image": ("box", "box for an image id not in the image table; the box is lost"),
     "box_outside_image": ("box", "box has no area inside the image; the box is dropped"),
     "box_clipped": ("fixed", "box extends past the image border; clipped to the image"),
+    "bad_metadata": ("fixed", "patient sex or age not a valid value (e.g. NIH ages above 122); unknown for the metadata "
+                              "task, the image stays"),
     "protocol_chexpert_5x200": ("protocol", "CheXpert 5x200 set removed from training (reference protocol)"),
     "protocol_non_frontal": ("protocol", "lateral / non-frontal view not used (frontal images only)"),
     "protocol_no_findings_impression": ("protocol", "MIMIC study whose report has neither FINDINGS nor IMPRESSION"),

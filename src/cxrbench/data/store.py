@@ -7,13 +7,15 @@ Layout of a store directory (e.g. ``data/prepared/<name>/``)::
                         column per label (1 / 0 / NaN), boxes (list of xyxy in store pixels), has_mask (the
                         mask has a positive pixel), text (if any), frac_<pct> (bool, training fraction
                         membership), orig_h, orig_w, scale, pad_x, pad_y (store = original * scale + pad),
-                        official_split, reader extras.
+                        official_split, sex_female / age_years (float32, NaN unknown; datasets whose tables
+                        have them, ``cxrbench.data.demographics``: read only by ``metadata``), reader extras.
     images.npy          uint8 (N, S, S), see ``cxrbench.data.images`` for the resize/padding geometry.
     masks.npy           uint8 (N, S, S) with values {0, 1} (datasets with masks, or RSNA boxes filled).
     fractions/frac_<pct>.txt   image ids of the training fraction, one per line.
     meta.json           dataset, size, padding, label_names, label_kind, split sizes beside the papers' sizes,
                         counts, protocol drops, images lost per split, every problem (kind, label table, line,
-                        column, hashed image id, what was wrong; ``cxrbench.data.problems``).
+                        column, hashed image id, what was wrong; ``cxrbench.data.problems``), known / unknown
+                        sex and age counts per split (``metadata``).
 
 ``image_id`` (and the fraction files) hold ``problems.hash_id(raw id, salt)``: raw ids such as NIH file names or
 CheXpert paths carry patient ids. A store is assembled beside its final place and swapped in complete
@@ -34,11 +36,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cxrbench.data import demographics
 from cxrbench.data.formats._base import SPLITS, DatasetFormat, ReadResult
 from cxrbench.data.images import fit_geometry, map_boxes
 from cxrbench.data.problems import hash_id
 
 FIELDS = ("image", "label", "mask", "boxes", "text")
+METADATA = demographics.COLUMNS  # per-image patient metadata: sex_female (1 / 0 / NaN), age_years (NaN unknown)
 
 
 class PreparedDataset:
@@ -123,6 +127,16 @@ class PreparedDataset:
         """Per row a float32 (m, 4) xyxy array in store pixels (m may be 0)."""
         col = self.manifest["boxes"]
         return [_as_boxes(col.iat[int(r)]) for r in np.asarray(rows, dtype=np.int64)]
+
+    def metadata(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """float64 (n,) of the metadata column ``name`` (``METADATA``) at ``rows``; NaN = unknown. A store whose
+        dataset has no such column (or prepared before it existed) raises, saying what to do."""
+        if name not in METADATA:
+            raise KeyError(f"{self.root}: no metadata {name!r}; the store keeps {list(METADATA)}")
+        if name not in self.manifest.columns:
+            raise KeyError(f"{self.root}/manifest.parquet: no column {name!r} - dataset {self.name!r} has no such "
+                           "metadata, or the store predates it (prepare it again)")
+        return self.manifest[name].to_numpy(dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
 
     def texts(self, rows: np.ndarray) -> list[str]:
         """Per row its text ("" where the dataset or the row has none)."""
@@ -235,7 +249,7 @@ def _extras(kept: pd.DataFrame, reader: DatasetFormat, salt: str) -> dict[str, p
     """Reader extra columns safe to keep: scalar, no patient/path/name/birth/subject in the name; id columns
     (``*_id``, e.g. MIMIC's study_id) hashed like the image ids."""
     known = {"image_id", "path", "patient", "official_split", "boxes", "shapes", "text", *_INTERNAL,
-             *reader.label_names}
+             *reader.label_names, *METADATA}
     out = {}
     for col in kept.columns:
         if col in known or any(w in str(col).lower() for w in _DROP_EXTRAS):
@@ -279,6 +293,8 @@ def build_manifest(
     df["orig_h"], df["orig_w"] = geo[:, 0].astype(np.int64), geo[:, 1].astype(np.int64)
     df["scale"], df["pad_x"], df["pad_y"] = geo[:, 2], geo[:, 3].astype(np.int64), geo[:, 4].astype(np.int64)
     df["official_split"] = kept["official_split"].astype(object).where(kept["official_split"].notna(), None)
+    for col in (c for c in METADATA if c in kept.columns):
+        df[col] = pd.to_numeric(kept[col], errors="coerce").to_numpy(dtype=np.float32)
     return df.assign(**_extras(kept, reader, cfg["salt"]))
 
 
@@ -308,6 +324,7 @@ def build_meta(
         "paper_split_sizes": dict(zip(SPLITS, paper, strict=True)) if paper else None,
         "fraction_sizes": {str(p): len(ids) for p, ids in fracs.items()},
         "positives": positives,
+        "metadata": demographics.counts(df),
         "protocol": protocol,
         "patient_ids": cfg["patient_ids"],
         "image_ids": "hash",

@@ -3,7 +3,8 @@ folder).
 
 Frontal images only. Labels of the 5 competition tasks, mapped per the reference (MGCA) protocol:
 U-Ones (-1 -> 1) for Atelectasis, Edema, Pleural Effusion; U-Zeros (-1 -> 0) for Cardiomegaly, Consolidation;
-blank -> 0. The other 9 label columns are validated but not kept.
+blank -> 0. The other 9 label columns are validated but not kept. ``Sex`` (Male / Female / Unknown) and ``Age``
+(years; 0 = unknown) become the store's ``sex_female`` / ``age_years`` (``cxrbench.data.demographics``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.data.demographics import parse_age, parse_sex
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, check_unique, make_index, parse_labels, read_csv
 from cxrbench.data.problems import Problems
@@ -111,6 +113,8 @@ class CheXpert(DatasetFormat):
                 "order": np.flatnonzero(frontal),
                 "line": np.flatnonzero(frontal) + 2,
                 "table": f"{path.parent.name}/{path.name}",
+                "sex_female": parse_sex(df["Sex"], bad, ids, "Sex", frontal)[frontal],
+                "age_years": parse_age(df["Age"], bad, ids, "Age", frontal)[frontal],
             }
         )
         out = pd.concat([out, labels], axis=1).reset_index(drop=True)

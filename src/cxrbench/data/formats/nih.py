@@ -6,6 +6,9 @@ Both CSV headers contain bracketed names with commas (``OriginalImage[Width,Heig
 so the
 header has more comma-separated fields than names; ``bracket_header`` rebuilds one name per field
 (``OriginalImage[Width]``, ``OriginalImage[Height]``, ``Bbox [x]`` ...). Trailing empty columns are dropped.
+``Patient Gender`` (M / F) and ``Patient Age`` (years, or ``058Y`` in early releases) become the store's
+``sex_female`` / ``age_years`` (``cxrbench.data.demographics``): the few ages above 122 (entry errors such as 412)
+are ``bad_metadata`` problems, unknown for the metadata task; a table without those columns has them unknown.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.data.demographics import parse_age, parse_sex
 from cxrbench.data.formats._base import DataFormatError, DatasetFormat, ReadResult
 from cxrbench.data.formats._util import BadRows, check_columns, check_unique, make_index, read_text
 from cxrbench.data.problems import Problems
@@ -112,6 +116,7 @@ class NIHChestXray14(DatasetFormat):
             bad.bad(int(pos), "no_image_id", "empty Image Index", ids.iloc[pos], "Image Index")
         first = check_unique(ids, bad)
         labels = self._labels(df["Finding Labels"], ids, bad)
+        demo = self._demographics(df, ids, bad, first)
         lines = np.arange(len(df)) + 2
         ids, labels, patient, lines = ids[first], labels[first], df["Patient ID"].str.strip()[first], lines[first]
         official = self._official(tv, test, list(ids), problems)
@@ -125,6 +130,7 @@ class NIHChestXray14(DatasetFormat):
                 "line": lines,
                 "boxes": [boxes.get(i, []) for i in ids],
                 "box_labels": [box_labels.get(i, []) for i in ids],
+                **{col: values[first] for col, values in demo.items()},
                 **{name: labels[:, k] for k, name in enumerate(LABELS)},
             },
             LABELS,
@@ -155,6 +161,13 @@ class NIHChestXray14(DatasetFormat):
                 if n in known:
                     out[pos, known[n]] = 1.0
         return out
+
+    @staticmethod
+    def _demographics(df: pd.DataFrame, ids: pd.Series, bad: BadRows, check: np.ndarray) -> dict[str, np.ndarray]:
+        """{"sex_female", "age_years"} (n,) from ``Patient Gender`` / ``Patient Age`` (all unknown if absent)."""
+        blank = pd.Series([""] * len(df), index=df.index)
+        return {"sex_female": parse_sex(df.get("Patient Gender", blank), bad, ids, "Patient Gender", check),
+                "age_years": parse_age(df.get("Patient Age", blank), bad, ids, "Patient Age", check)}
 
     @staticmethod
     def _official(tv: Path, test: Path, ids: list[str], problems: Problems) -> dict[str, str]:

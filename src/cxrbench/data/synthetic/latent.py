@@ -57,6 +57,7 @@ class Anatomy:
     noise: float
     exposure: float
     seed: int  # texture seed (vessel markings, noise)
+    bone: float = 1.0  # rib contrast multiplier (the age signal: :func:`with_demographics`)
 
     def lung_centre(self, side: str) -> float:
         """u of the centre of the patient's ``side`` lung ("right" is on the image left)."""
@@ -135,6 +136,21 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         rib_phase=float(rng.uniform(0, 1)), rib_curve=0.5 + j(0.05), noise=float(rng.uniform(0.012, 0.03)),
         exposure=float(rng.uniform(0.9, 1.1)), seed=int(rng.integers(2**31)),
     )
+
+
+#: the demographic signal of the CheXpert / NIH generators: the body outline's half-width shifts by
+#: +-SEX_BODY_SHIFT (male wider, female narrower; the landmark jitter's sd is 0.015), and the rib contrast falls
+#: linearly with age from BONE_YOUNG at 0 years to BONE_OLD at BONE_AGE years (bone density loss)
+SEX_BODY_SHIFT, BONE_YOUNG, BONE_OLD, BONE_AGE = 0.018, 1.5, 0.5, 90.0
+
+
+def with_demographics(anat: Anatomy, female: bool, age: float) -> Anatomy:
+    """``anat`` with the patient's sex and age drawn in: a narrower (female) or wider (male) body outline and a
+    rib contrast that fades with age. Lungs, heart and findings keep their geometry, so other labels' signal stays;
+    no random draw (the case streams are unchanged)."""
+    shift = -SEX_BODY_SHIFT if female else SEX_BODY_SHIFT
+    bone = BONE_YOUNG + (BONE_OLD - BONE_YOUNG) * min(max(float(age), 0.0), BONE_AGE) / BONE_AGE
+    return replace(anat, body_rx=anat.body_rx + shift, bone=bone)
 
 
 def _lung_point(rng, anat: Anatomy, side: str, zone: str, spread: float = 0.45) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._io import csv_text, save_image, write_text
 from .findings import PROFILES, sample_case
-from .latent import Case, case_rng, sample_anatomy
+from .latent import Case, case_rng, sample_anatomy, with_demographics
 from .render import box_of, instance_masks, render, to_uint8
 from .reports import chexpert_labels
 
@@ -30,6 +30,13 @@ NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Pat
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 _BBOX_NAME = {"Infiltration": "Infiltrate"}
 _BBOX_KINDS = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax")
+#: every k-th patient's recorded metadata is damaged as in the real tables (the image keeps its true sex and age):
+#: CheXpert Sex "Unknown" and Age 0 (unknown); NIH ages above 400 (the entry errors of Data_Entry_2017.csv)
+UNKNOWN_SEX_EVERY, UNKNOWN_AGE_EVERY, NIH_BAD_AGE_EVERY = 53, 59, 97
+
+
+def _recorded_chexpert(pid: int, sex: str, age: int) -> tuple[str, int]:
+    return ("Unknown" if pid % UNKNOWN_SEX_EVERY == 0 else sex), (0 if pid % UNKNOWN_AGE_EVERY == 0 else age)
 
 
 def _chexpert_case(rng, anat, k: int, valid: bool) -> Case:
@@ -51,6 +58,7 @@ def write_chexpert(out: Path, seed: int, n: int, image_size: int) -> dict:
         pid += 1
         rng = case_rng(seed, "chexpert", pid)
         anat, sex, age = sample_anatomy(rng), ["Male", "Female"][int(rng.integers(2))], int(rng.integers(18, 91))
+        anat, (sex, age) = with_demographics(anat, sex == "Female", age), _recorded_chexpert(pid, sex, age)
         for st in range(1, int(rng.integers(1, 3)) + 1):
             case = replace(_chexpert_case(rng, anat, k, split == "valid"), view="AP" if rng.random() < 0.7 else "PA")
             k += 1
@@ -92,6 +100,7 @@ def write_nih(out: Path, seed: int, n: int, image_size: int) -> dict:
         pid += 1
         rng = case_rng(seed, "nih", pid)
         anat, sex, age = sample_anatomy(rng), "MF"[int(rng.integers(2))], int(rng.integers(1, 91))
+        anat, age = with_demographics(anat, sex == "F", age), age + (400 if pid % NIH_BAD_AGE_EVERY == 0 else 0)
         for fu in range(min(int(rng.integers(1, 5)), n - len(entries))):
             k = len(entries)
             forced = [kinds[k % len(kinds)]] if k < 2 * len(kinds) else []

@@ -196,7 +196,7 @@ def _frontal_base(case: Case, U, V, h: int, w: int, rng) -> tuple[np.ndarray, np
     img = img - 0.4 * lung
     y = V + a.rib_curve * (U - 0.5) ** 2
     ribs = np.clip((np.sin(2 * np.pi * (y / a.rib_spacing + a.rib_phase)) - 0.5) * 4, 0, 1)
-    img = img + 0.1 * ribs * body
+    img = img + _F(0.1 * a.bone) * ribs * body
     img = img + 0.3 * _soft(_r2(U, V, a.heart_cx, a.heart_cy, a.heart_rx, a.heart_ry), 6)
     hil = np.minimum(np.abs(U - a.lung_cx[0] - a.lung_rx * 0.5), np.abs(U - a.lung_cx[1] + a.lung_rx * 0.5))
     veins = np.clip((_lowfreq(rng, h, w, 28) - 0.55) * 5, 0, 1) * np.exp(-hil * 8)
