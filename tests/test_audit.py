@@ -101,6 +101,14 @@ def test_the_threshold_separates_planted_from_distinct_images(world):
         assert all(dist[i] > 10 for i in range(len(dist)) if (target, i) not in planted)
 
 
+def test_the_audit_hashes_ids_with_the_salt_prepare_uses():
+    import inspect
+
+    from cxrbench.data.prepare import prepare_dataset
+
+    assert audit.salt() == inspect.signature(prepare_dataset).parameters["salt"].default
+
+
 def test_min_distance_counts_differing_bits():
     q = np.array([[0b00000000, 0b11111111], [0b10101010, 0b00000000]], dtype=np.uint8)
     r = np.array([[0b00000001, 0b11111111], [0b10101010, 0b00000011]], dtype=np.uint8)

@@ -30,7 +30,6 @@ distinct images of one dataset >= 12 (follow-up images of one synthetic patient 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -48,11 +47,14 @@ FORMAT = 1
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def salt() -> str:
-    """The salt ``prepare`` hashes ids with (its default; the CLI never overrides it)."""
-    from cxrbench.data.prepare import prepare_dataset
+#: the salt ``prepare`` hashes ids with: ``prepare_dataset``'s default, which the CLI never overrides (a test keeps
+#: the two equal; importing ``prepare`` here would cost torch's and scikit-learn's start-up)
+SALT = "cxrbench"
 
-    return str(inspect.signature(prepare_dataset).parameters["salt"].default)
+
+def salt() -> str:
+    """The id salt (:data:`SALT`)."""
+    return SALT
 
 
 @dataclass

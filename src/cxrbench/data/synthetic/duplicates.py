@@ -60,9 +60,9 @@ def reencode(img8: np.ndarray) -> np.ndarray:
 
 def _test_negatives(dataset: str, raw: Path) -> list[str]:
     """Raw ids of ``dataset``'s negative test images, as ``prepare`` will split them (the reader's own split)."""
-    from cxrbench.data.prepare import resolve_reader
+    from cxrbench.registry import DATASETS  # the reader alone (prepare would import torch)
 
-    reader = resolve_reader(dataset)
+    reader = DATASETS.get(dataset)()
     index = reader.read(raw, {})
     index = getattr(index, "index", index)
     split = reader.reference_split(index, {})
