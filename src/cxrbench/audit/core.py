@@ -9,23 +9,24 @@ For every pair (pretraining corpus, downstream test split) of the matrix:
   (``prepare_dataset``'s) and never written.
 - **by perceptual hash** where the ids differ (the real RSNA and SIIM images are NIH ChestX-ray14 images re-encoded as
   DICOM under new ids): ``imagehash.phash(image, hash_size)`` (imagehash/__init__.py ``phash``: the grey image
-  resized to 4 hash_size square, its 2-D DCT, the hash_size x hash_size lowest frequencies against their median) of
-  the prepared pixels; a test image is shared when some corpus image lies within ``hamming_threshold``
-  bits. Shared patients are then the test patients with a matched image. Hashes are cached per store content
-  (``fingerprint.store_hash``) under ``<paths.features>/phash/``, so each store is hashed once.
+  resized to 4 hash_size x 4 hash_size pixels, its 2-D DCT, the hash_size x hash_size lowest frequencies against
+  their median) of the prepared pixels; a test image is shared when some corpus image lies within
+  ``hamming_threshold`` bits. Shared patients are then the test patients with a matched image. Hashes are cached
+  per store content (``fingerprint.store_hash``) under ``<paths.features>/phash/``, so each store is hashed once.
 
 Corpora: the pretraining store (``pretrain.dataset``; the rows pretraining reads, as
 ``cxrbench.pretrain.pretraining_rows``: train split with a non-empty report) and every ``audit.image_lists`` entry,
 a CSV of the images a released model was trained on (e.g. RAD-DINO's ``training_images.csv`` on the Hugging Face
-``microsoft/rad-dino`` model page). A list's entries are matched by id to the prepared stores of their dataset (any
-split); the matched images also give the list its pixels and patients, so RAD-DINO's NIH images are found again
-in the RSNA and SIIM test sets by hash.
+``microsoft/rad-dino`` model page; its column names are not verified here: ``id_column`` / ``dataset_column`` set
+them). A list's entries are hashed in every id form they may take (:func:`_candidates`) and matched to the test
+ids; those found in the prepared store of their dataset (any split) also give the list its patients and pixels, so
+RAD-DINO's NIH images are found again in the RSNA and SIIM test sets by hash.
 
 Threshold, measured on the demo's synthetic data (params.yaml sizes, 64 px stores, hash_size 16 = 256 bits, 5
-planted duplicates per target; ``/tmp`` script in the session report): planted re-encoded duplicates lie 0-6 bits
-from their source; distinct images of different datasets >= 16 bits apart (1st percentile 36-62 bits, median 82);
-distinct images of one dataset >= 12 (follow-up images of one synthetic patient share its anatomy). The default
-10 separates them on both sides; ``tests/test_audit.py`` checks it on its own small set.
+planted duplicates per target; every pair of the 2,494 images of MIMIC, RSNA, SIIM, NIH and CheXpert): planted
+re-encoded duplicates lie 0-6 bits from their source; distinct images of different datasets >= 16 bits apart (1st
+percentile 36-62 bits, median 82); distinct images of one dataset >= 12 (follow-up images of one synthetic patient
+share its anatomy). The default 10 separates them on both sides; ``tests/test_audit.py`` checks it on its own set.
 """
 
 from __future__ import annotations
