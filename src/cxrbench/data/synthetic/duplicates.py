@@ -59,7 +59,9 @@ def reencode(img8: np.ndarray) -> np.ndarray:
 
 
 def _test_negatives(dataset: str, raw: Path) -> list[str]:
-    """Raw ids of ``dataset``'s negative test images, as ``prepare`` will split them (the reader's own split)."""
+    """Raw ids of ``dataset``'s negative test images, as ``prepare`` will split them: the reader's own split with
+    default options (``data.datasets.<name>.options: {}``; a ``test_size`` / ``valid_size`` there moves the split,
+    and planted images may then land outside the test set: the audit counts only what is in it)."""
     from cxrbench.registry import DATASETS  # the reader alone (prepare would import torch)
 
     reader = DATASETS.get(dataset)()
