@@ -129,6 +129,8 @@ def report_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 REPORT_TABLES = ("g2d_table1", "g2d_table2a", "g2d_table2b", "g2d_table3", "g2d_table4", "g2d_table5", "g2d_table7",
                  "mflag_published")
+#: tables of tasks without a published counterpart (``cxrbench.report.tables.TASK_TABLES`` builds each)
+TASK_TABLES = ("metadata",)
 REPORT_FIGURES = ("data_efficiency", "auroc_heatmap", "pseudo_mask_gallery", "segmentation_examples",
                   "grounding_overlays", "detection_examples", "pretrain_loss")
 
@@ -140,7 +142,8 @@ def report_files(params: Mapping[str, Any]) -> dict[str, str]:
     root = params["paths"]["report"]
     names = {"summary": "summary.json", "runs_csv": "runs.csv", "curves": "pretrain_curves.csv",
              "plot_pretrain_loss": "plots/pretrain_loss.csv", "plot_efficiency": "plots/efficiency.csv"}
-    for table in (*REPORT_TABLES, "scorecard", "comparisons", "contamination", "contamination_metrics"):
+    for table in (*REPORT_TABLES, "scorecard", "comparisons", "contamination", "contamination_metrics",
+                  *TASK_TABLES):
         names.update({f"{table}_{ext}": f"tables/{table}.{ext}" for ext in ("md", "csv", "tex", "html")})
     names.update({f"metrics_{table}": f"metrics/{table}.json" for table in REPORT_TABLES})
     for fig in REPORT_FIGURES:

@@ -215,3 +215,30 @@ def test_store_round_trips_sex_and_age(prepared, dataset):
     assert meta["problem_counts"].get("bad_metadata", 0) == (1 if dataset == "nih" else 0)
     with pytest.raises(KeyError, match="no metadata 'weight'"):
         store.metadata("weight", rows)
+
+
+# ------------------------------------------------------------------------------------------------ report table
+
+
+def test_metadata_table_places_each_cell_and_leaves_missing_runs_blank():
+    from cxrbench import matrix
+    from cxrbench.report.tables import TASK_TABLES, metadata_table
+
+    rec = [("chexpert", "g2d", 1, "sex/AUROC", 0.8123), ("chexpert", "g2d", 1, "sex/AUROC_low", 0.70),
+           ("chexpert", "g2d", 1, "sex/AUROC_high", 0.90), ("chexpert", "g2d", 1, "age/MAE", 12.345),
+           ("nih", "random", 100, "age/R2", 0.25), ("nih", "random", 100, "age_group/AUROC", 0.6),
+           ("chexpert", "g2d", 1, "AUROC", 0.99)]  # another metric: not a column
+    summary = pd.DataFrame([{"task": "metadata", "dataset": d, "method": m, "fraction": f, "metric": k, "mean": v}
+                            for d, m, f, k, v in rec]
+                           + [{"task": "linear", "dataset": "chexpert", "method": "g2d", "fraction": 1,
+                               "metric": "sex/AUROC", "mean": 0.1}])  # another task: ignored
+    notes, table = metadata_table(summary, {"scale": "demo", "split_protocol": "reference", "seeds": [0]})
+    assert table.to_dict("records") == [
+        {"dataset": "CheXpert", "method": "g2d", "fraction": "1%", "sex AUROC (%)": "81.2 [70.0, 90.0]",
+         "age MAE (years)": "12.3", "age R^2": "", "age-group AUROC (%)": ""},
+        {"dataset": "ChestX-ray14", "method": "random", "fraction": "100%", "sex AUROC (%)": "",
+         "age MAE (years)": "", "age R^2": "0.25", "age-group AUROC (%)": "60.0"}]
+    assert notes[0].startswith("**synthetic demo data") and "Seeds: [0]" in notes[1]
+    assert set(matrix.TASK_TABLES) <= set(TASK_TABLES)  # every table the report files name has a builder
+    _, empty = metadata_table(summary.iloc[:0], {"scale": "paper"})
+    assert len(empty) == 0 and list(empty.columns)[:3] == ["dataset", "method", "fraction"]

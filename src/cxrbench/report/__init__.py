@@ -184,6 +184,9 @@ def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, wi
     _write_table(files, "comparisons", "Paired comparisons between methods", comp_notes, _comparison_table(comp))
     for stem, title, notes, table in contamination.report_tables(params, preds):
         _write_table(files, stem, title, notes, table)
+    for stem in matrix.TASK_TABLES:
+        title, build = tables.TASK_TABLES[stem]
+        _write_table(files, stem, title, *build(summary, ctx))
     merged = long.merge(boot, on=[*runs.KEYS, "metric"], how="left") if len(boot) else long
     _write(files["runs_csv"], merged.to_csv(index=False))
     _write(files["summary"], json.dumps(summary_metrics(summary), indent=2, sort_keys=True))

@@ -10,7 +10,7 @@ published number that has a reproduced value. Writers give Markdown, CSV and LaT
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,3 +333,52 @@ def table_metrics(spec: PaperTable, summary: pd.DataFrame, published: pd.DataFra
         if key in label and _finite(rec["mean"]):
             out.setdefault(rec["row"], {})[label[key]] = round(float(rec["mean"]), 6)
     return out
+
+
+# ---------------------------------------------------------------- tables of tasks without a published counterpart
+
+#: the metadata task's columns: (metric key, column label, scale, decimals)
+METADATA_CELLS = (("sex/AUROC", "sex AUROC (%)", 100.0, 1), ("age/MAE", "age MAE (years)", 1.0, 1),
+                  ("age/R2", "age R^2", 1.0, 2), ("age_group/AUROC", "age-group AUROC (%)", 100.0, 1))
+
+
+def _metadata_cell(means: Mapping[str, float], metric: str, scale: float, decimals: int) -> str:
+    """``mean [low, high]`` from the summary means of ``metric``, ``metric_low``, ``metric_high``; blank without."""
+    value = means.get(metric)
+    if not _finite(value):
+        return ""
+    text = f"{scale * value:.{decimals}f}"
+    lo, hi = means.get(f"{metric}_low"), means.get(f"{metric}_high")
+    return text + (f" [{scale * lo:.{decimals}f}, {scale * hi:.{decimals}f}]" if _finite(lo) and _finite(hi) else "")
+
+
+def metadata_table(summary: pd.DataFrame, context: Mapping[str, Any]) -> tuple[list[str], pd.DataFrame]:
+    """(notes, table) of the ``metadata`` task: one row per dataset, method and fraction, the columns of
+    ``METADATA_CELLS``, each the mean over seeds with the mean of the run's own bootstrap bounds (the task saves no
+    per-image predictions: ages and sexes stay in the store)."""
+    part = summary[summary["task"] == "metadata"] if len(summary) else summary
+    means = {(r["dataset"], r["method"], int(r["fraction"]), r["metric"]): r["mean"] for r in part.to_dict("records")}
+    keys = sorted({k[:3] for k in means}, key=lambda k: (k[0], list(dict.fromkeys(part["method"])).index(k[1]), k[2]))
+    rows = []
+    for dataset, method, fraction in keys:
+        cell = {m: v for (d, me, f, m), v in means.items() if (d, me, f) == (dataset, method, fraction)}
+        rows.append({"dataset": DATASET_NAMES.get(dataset, dataset), "method": method, "fraction": f"{fraction}%",
+                     **{label: _metadata_cell(cell, key, s, n) for key, label, s, n in METADATA_CELLS}})
+    notes = [f"**{DEMO_WARNING}**"] if context.get("scale") == "demo" else []
+    protocol, seeds = context.get("split_protocol", "not recorded"), context.get("seeds", [])
+    notes += [f"Scale: {context.get('scale', 'custom')}. Split protocol: {protocol}. Seeds: {seeds}.",
+              "RAD-DINO's evaluation beyond reports: sex, age and age group predicted by linear models on the frozen "
+              "pooled feature (task metadata; its metric_forms in metrics.json). Images of unknown sex or age are "
+              "left out of that target (counted in metrics.json 'n').",
+              "Cells: mean over seeds [95% percentile bootstrap over test images, the task's own "
+              "(evaluate.tasks.metadata.bootstrap)]; a blank cell: no run."]
+    if not rows:
+        notes.append("The matrix runs no metadata task.")
+    return notes, pd.DataFrame(rows, columns=["dataset", "method", "fraction", *(c[1] for c in METADATA_CELLS)])
+
+
+#: builders of the tables of tasks without a published counterpart, by file stem (``matrix.TASK_TABLES`` names
+#: the files): stem -> (title, builder(summary, context) -> (notes, table))
+TASK_TABLES: dict[str, tuple[str, Callable[[pd.DataFrame, Mapping[str, Any]], tuple[list[str], pd.DataFrame]]]] = {
+    "metadata": ("Patient metadata from frozen image features (sex, age, age group)", metadata_table),
+}
