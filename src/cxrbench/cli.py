@@ -79,6 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     summary = generate(
         Path(args.out), seed=syn["seed"], sizes=syn["sizes"], image_size=syn["image_size"],
         datasets=args.datasets or None, duplicates=int(syn.get("duplicates", 0)),
+        test_sizes=syn.get("test_sizes"), workers=int(args.workers or 1),
     )
     marker = Path(args.out) / "SYNTHETIC.json"  # what the workflow depends on: written last, atomically
     tmp = marker.with_suffix(".json.tmp")
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("generate", cmd_generate, "write the seeded synthetic datasets in their real download layouts", True)
     p.add_argument("--out", required=True, help="directory of the synthetic downloads (one folder per dataset)")
     p.add_argument("--datasets", nargs="*", help="only these datasets (default: every one in synthetic.sizes)")
+    p.add_argument("--workers", type=int, default=1, help="datasets written in parallel processes (default 1)")
     p = add("prepare", cmd_prepare, "prepare one dataset from its download directory into the prepared store", True)
     p.add_argument("dataset", help="a registered dataset (python -m cxrbench list)")
     p.add_argument("--raw", help="its download directory (default: data.datasets.<dataset>.raw)")

@@ -237,6 +237,12 @@ def _backbone_problems(section: Mapping[str, Any], key: str) -> Iterator[Problem
 def text_depth(text: Mapping[str, Any]) -> int | None:
     """Transformer layers of the text encoder ``text`` names, or None when unknown without loading it."""
     name, table = str(text.get("name_or_path", "")), text_depths()
+    if isinstance(text.get("keep_layers"), int):
+        return int(text["keep_layers"])
+    return _model_depth(name, text, table)
+
+
+def _model_depth(name: str, text: Mapping[str, Any], table: Mapping[str, Any]) -> int | None:
     if name in table.get("layers", {}):
         return int(table["layers"][name])
     if name in table.get("configured", {}):
@@ -253,7 +259,13 @@ def text_depth(text: Mapping[str, Any]) -> int | None:
 
 def _text_depth_problems(section: Mapping[str, Any], key: str) -> Iterator[Problem]:
     text = section.get("text")
-    if not isinstance(text, Mapping) or not isinstance(text.get("freeze_layers"), int):
+    if not isinstance(text, Mapping):
+        return
+    keep, full = text.get("keep_layers"), _model_depth(str(text.get("name_or_path", "")), text, text_depths())
+    if isinstance(keep, int) and full is not None and keep > full:
+        yield Problem(f"{key}.text.keep_layers", f"keeps {keep} layers, but text encoder {text['name_or_path']!r} "
+                      f"has {full}; expected 1..{full} or null")
+    if not isinstance(text.get("freeze_layers"), int):
         return
     depth = text_depth(text)
     if depth is not None and text["freeze_layers"] > depth:

@@ -115,6 +115,23 @@ def test_stratified_floor_holds_min_positives_per_label_and_stays_nested():
     for pct in (1, 10):
         rows = [index[i] for i in fr[pct]]
         assert y[rows, 0].sum() >= 8 and y[rows, 1].sum() == 5, pct
-    assert len(fr[1]) <= 8 + 5 and set(fr[1]) <= set(fr[10]) <= set(fr[100]) and len(fr[100]) == n
+        assert (1 - y[rows]).sum(0).min() >= 8, pct  # each label's negatives are a stratum too
+    # label 0's 8 positives bring >= 8 negatives of label 1; label 1's rows 1-4 are 4 of label 0's: 4 more at most
+    assert len(fr[1]) <= 8 + 5 + 4 and set(fr[1]) <= set(fr[10]) <= set(fr[100]) and len(fr[100]) == n
     # the plain 10% (20 ids) already holds some positives: the floor adds only what is missing
     assert len(fr[10]) == max(20, len(fr[1]))
+
+
+def test_single_label_fraction_holds_both_classes():
+    """RSNA-like: one label, 30 positives among 300 train ids, min_positives=20: the 1% fraction (3 ids plain) holds
+    20 positives AND 20 negatives, not the floor's positives alone (a one-class training set)."""
+    from cxrbench.data.splits import draw_fractions
+
+    y = np.zeros((300, 1))
+    y[np.arange(0, 300, 10)] = 1
+    ids = [f"p{k:03d}" for k in range(300)]
+    fr = draw_fractions(ids, (1, 10, 100), seed=0, strata=y, min_positives=20, name="toy")
+    index = {v: k for k, v in enumerate(ids)}
+    rows = [index[i] for i in fr[1]]
+    assert y[rows, 0].sum() >= 20 and (1 - y[rows, 0]).sum() >= 20
+    assert len(fr[1]) <= 40 and set(fr[1]) <= set(fr[10])

@@ -19,7 +19,7 @@ rule generate_synthetic:
         cfg=as_arg(SYNTHETIC),
         cli=CLI,
     shell:
-        "OMP_NUM_THREADS={threads} {params.cli} generate --out {params.out} --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS=1 {params.cli} generate --out {params.out} --workers {threads} --resolved {params.cfg} > {log} 2>&1"
 
 
 rule prepare:

@@ -19,15 +19,17 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 
-def sklearn_three_way(ids: Sequence[Hashable], test_size: float | int, random_state: int = 0, name: str = "") -> dict:
+def sklearn_three_way(ids: Sequence[Hashable], test_size: float | int, random_state: int = 0, name: str = "",
+                      valid_size: float | int = 0.5) -> dict:
     """{id: split} from ``train_test_split(ids, test_size, random_state)`` -> (train, rest), then
-    ``train_test_split(rest, test_size=0.5, random_state)`` -> (test, valid): the FIRST part of the second
-    call is test. Too few ids for the split raise ``ValueError`` naming ``name``.
+    ``train_test_split(rest, test_size=valid_size, random_state)`` -> (test, valid): the FIRST part of the second
+    call is test. ``valid_size`` 0.5 (halves) is the reference; the demo moves held-out images from valid to test
+    (a dataset option ``valid_size``). Too few ids for the split raise ``ValueError`` naming ``name``.
     """
     ids = list(ids)
     try:
         train, rest = train_test_split(ids, test_size=test_size, random_state=random_state)
-        test, valid = train_test_split(rest, test_size=0.5, random_state=random_state)
+        test, valid = train_test_split(rest, test_size=valid_size, random_state=random_state)
     except ValueError as err:
         raise ValueError(f"{name}: cannot split {len(ids)} ids with test_size={test_size}: {err}") from err
     out = dict.fromkeys(train, "train")
@@ -130,9 +132,11 @@ def draw_fractions(
     - ``stratify=True``: for each label that has a positive in train, its first ``min_positives`` positives in
       the permutation are moved to the front, and each fraction holds at least those rows (so it can exceed p %):
       every fraction contains ``min_positives`` positives of every label that has that many (all of a rarer
-      label's). Nesting still holds (all fractions are prefixes). The demo asks for 20 so that its 1% fractions
-      can be scored at all; at paper scale 1% of the real sets already holds that many (1 = the plain draw plus
-      one positive per label).
+      label's). For multilabel strata the same holds for each label's negatives (a single-label set such as RSNA
+      gets both classes); a class value (1-D strata) is one stratum per class. Nesting still holds (all
+      fractions are prefixes). The demo asks for 20 so that its 1% fractions can be scored at all; at paper
+      scale 1% of the real sets already holds that many (1 = the plain draw plus one positive and one negative
+      per label).
     - ``stratify=False``: plain draw, but a fraction missing a label present in train is an error.
     A fraction with fewer than ``min_count`` ids raises ``ValueError`` naming ``name`` and the fraction.
     """
@@ -142,6 +146,10 @@ def draw_fractions(
     n = len(ids)
     perm = np.random.default_rng(seed).permutation(n)
     positives = None if strata is None else _strata_matrix(strata, n)
+    if positives is not None and np.asarray(strata).ndim == 2:
+        # a label's negatives are a stratum too: with a single label (RSNA, SIIM) the 1% fraction would otherwise be
+        # the floor's positives alone, a training set with one class
+        positives = np.concatenate([positives, ~positives], axis=1)
     floor = 0
     if positives is not None and stratify:
         perm, floor = _stratified_order(perm, positives, min_positives)

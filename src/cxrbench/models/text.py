@@ -217,10 +217,14 @@ def build_text_encoder(
     num_heads: int = 2,
     seed: int = 0,
     trust_remote_code: bool = False,
+    keep_layers: int | None = None,
 ) -> TextEncoder:
     """Build a :class:`TextEncoder` (see the module docstring for the names). ``corpus`` is needed by
     ``wordpiece-bert`` unless its state dict is loaded afterwards;
-    ``vocab_size/hidden_size/num_layers/num_heads/seed`` only apply to it."""
+    ``vocab_size/hidden_size/num_layers/num_heads/seed`` only apply to it. ``keep_layers`` N keeps only the first N
+    transformer layers of a pretrained encoder (its embeddings and lower layers with their pretrained weights): a
+    smaller tower at the same tokenizer and width, e.g. the demo's 2 of MiniLM's 6 (a step's text cost is
+    proportional to the depth; on a 2-core CPU the 6-layer tower was over half of a ConVIRT step)."""
     config = {
         "name_or_path": name_or_path,
         "max_length": max_length,
@@ -231,12 +235,25 @@ def build_text_encoder(
         "num_heads": num_heads,
         "seed": seed,
         "trust_remote_code": trust_remote_code,
+        "keep_layers": keep_layers,
     }
     if name_or_path == "wordpiece-bert":
         return _wordpiece_bert(corpus, config)
     source = str(minilm_dir()) if name_or_path == "minilm" else name_or_path
     model, tok = _load_pretrained(source, trust_remote_code)
+    if keep_layers is not None:
+        _truncate(model, int(keep_layers), source)
     return TextEncoder(model, tok, config, fast_tokenizer=False)
+
+
+def _truncate(model: nn.Module, keep: int, source: str) -> None:
+    """Keep the first ``keep`` layers of a BERT-style encoder in place (``encoder.layer`` list, config updated)."""
+    base = getattr(model, "base_model", model)
+    layers = base.encoder.layer
+    if not 1 <= keep <= len(layers):
+        raise ValueError(f"text.keep_layers={keep}, but text encoder {source!r} has {len(layers)} layers")
+    base.encoder.layer = nn.ModuleList(list(layers)[:keep])
+    model.config.num_hidden_layers = keep
 
 
 def _wordpiece_bert(corpus: Sequence[str] | None, config: dict[str, Any]) -> TextEncoder:

@@ -116,8 +116,10 @@ class RSNAPneumonia(DatasetFormat):
         (train, rest),
         then ``train_test_split(rest, test_size=0.5, random_state=0)`` -> (test, valid).
         ``options["test_size"]``
-        defaults to 10,674 at the real size, else scaled to the number of images."""
+        defaults to 10,674 at the real size, else scaled to the number of images; ``options["valid_size"]`` (the
+        second call's test_size) to 0.5."""
         ids = sorted(index["image_id"].unique())
         test_size = options.get("test_size") or default_test_size(len(ids))
-        mapping = sklearn_three_way(ids, test_size, int(options.get("random_state", 0)), self.name)
+        mapping = sklearn_three_way(ids, test_size, int(options.get("random_state", 0)), self.name,
+                                    valid_size=options.get("valid_size") or 0.5)
         return index["image_id"].map(mapping).rename("split")

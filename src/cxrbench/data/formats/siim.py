@@ -121,9 +121,10 @@ class SIIMPneumothorax(DatasetFormat):
     def reference_split(self, index: pd.DataFrame, options: dict[str, Any]) -> pd.Series:
         """The reference calls applied to unique ImageIds in order of first appearance (no image leaks):
         ``train_test_split(ids, test_size=0.3, random_state=0)`` -> (train, rest), then rest halved with
-        ``test_size=0.5`` -> (test, valid). ``options["test_size"]`` overrides 0.3."""
+        ``test_size=0.5`` -> (test, valid). ``options["test_size"]`` overrides 0.3, ``options["valid_size"]`` 0.5."""
         ids = list(index.sort_values("order")["image_id"]) if "order" in index else list(index["image_id"])
         mapping = sklearn_three_way(
-            ids, options.get("test_size") or 0.3, int(options.get("random_state", 0)), self.name
+            ids, options.get("test_size") or 0.3, int(options.get("random_state", 0)), self.name,
+            valid_size=options.get("valid_size") or 0.5,
         )
         return index["image_id"].map(mapping).rename("split")

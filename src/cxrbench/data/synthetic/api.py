@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -27,7 +28,18 @@ def _rle_encoder() -> Callable:
     return rle_encode
 
 
-def _writer(name: str, sizes: dict[str, int]) -> Callable[[Path, int, int, int], dict]:
+#: datasets whose official test list the generator writes (``test_sizes`` sets its length)
+TEST_SIZED = ("chexpert", "nih", "covidx", "object_cxr")
+
+
+def _writer(name: str, sizes: dict[str, int], test_sizes: dict[str, int] | None = None) -> Callable:
+    n_test = (test_sizes or {}).get(name)
+    if n_test is not None:
+        if name not in TEST_SIZED:
+            raise ValueError(f"synthetic.test_sizes.{name}: only {list(TEST_SIZED)} have a generated test list "
+                             "(the others are split by the protocol: data.datasets.<name>.options)")
+        base = _writer(name, sizes)
+        return lambda out, seed, n, size: base(out, seed, n, size, n_test=int(n_test))
     if name == "ms_cxr":
         return lambda out, seed, n, size: write_ms_cxr(out, seed, n, size, sizes["mimic"])
     if name == "siim":
@@ -53,6 +65,34 @@ def _atomic(out_root: Path, name: str, work: Callable[[Path], dict]) -> dict:
     return summary
 
 
+def _generate_one(out_root: Path, name: str, *, seed: int, sizes: dict[str, int], image_size: int, duplicates: int,
+                  test_sizes: dict[str, int] | None) -> tuple[dict, list, float]:
+    """Write one dataset -> (its summary, the duplicate records planted into it, seconds)."""
+    t0, planted = time.perf_counter(), []
+    write = _writer(name, sizes, test_sizes)
+    if duplicates and name in dup.TARGETS:
+        write = dup.planting(write, name, out_root, seed, duplicates, sizes, image_size, planted)
+    summary = _atomic(out_root, name, lambda d: write(d, seed, sizes[name], image_size))
+    return summary, planted, round(time.perf_counter() - t0, 3)
+
+
+def _run_all(job: Callable, names: list[str], needs_mimic: set[str], workers: int) -> list[tuple[str, tuple]]:
+    """[(name, job(name))] in ``names`` order; with ``workers`` > 1 in a process pool, ``needs_mimic`` after MIMIC."""
+    if workers <= 1:
+        first = [n for n in names if n not in needs_mimic]
+        done = {n: job(n) for n in first + [n for n in names if n in needs_mimic]}
+        return [(n, done[n]) for n in names]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        order = sorted((n for n in names if n not in needs_mimic), key=lambda n: n != "mimic")  # MIMIC first
+        futures = {n: pool.submit(job, n) for n in order}
+        if needs_mimic:
+            futures["mimic"].result()
+            futures.update({n: pool.submit(job, n) for n in names if n in needs_mimic})
+        return [(n, futures[n].result()) for n in names]
+
+
 def disease_counts(summary: dict[str, dict]) -> dict[str, int]:
     """Positive images per disease of the protocol's 25 (keys ``<dataset>/<label>``) for the generated datasets."""
     out: dict[str, int] = {}
@@ -73,7 +113,8 @@ def disease_counts(summary: dict[str, dict]) -> dict[str, int]:
 
 
 def generate(out_root: Path, *, seed: int = 0, sizes: dict[str, int] | None = None, image_size: int = 256,
-             datasets: Sequence[str] | None = None, duplicates: int = 0) -> dict:
+             datasets: Sequence[str] | None = None, duplicates: int = 0,
+             test_sizes: dict[str, int] | None = None, workers: int = 1) -> dict:
     """Write the synthetic datasets under ``out_root/<name>/`` in their real download layouts.
 
     ``sizes`` overrides ``DEFAULT_SIZES`` per dataset (MIMIC: patients; others: images). ``ms_cxr`` boxes refer to the
@@ -83,7 +124,15 @@ def generate(out_root: Path, *, seed: int = 0, sizes: dict[str, int] | None = No
     "seconds": {name: s}, "duplicates": {name: planted}}``; planted identifiers must never reach a prepared store.
     ``duplicates``: MIMIC images planted into the RSNA and SIIM test splits each (``duplicates.py``; needs
     ``mimic`` generated first); the ground truth goes to ``out_root/DUPLICATES.json``.
+    ``test_sizes``: images of the official test list per dataset of :data:`TEST_SIZED` (default: each writer's share,
+    about 10%): the demo grows its test sets without growing the training sets every method trains on.
+    ``workers`` > 1 writes datasets in that many processes (each dataset draws from its own seeded generators, so
+    the files are the same as with one; the duplicate targets wait for MIMIC).
     """
+    wrong = sorted(set(test_sizes or {}) - set(TEST_SIZED))
+    if wrong:
+        raise ValueError(f"synthetic.test_sizes: {wrong} have no generated test list; expected some of "
+                         f"{list(TEST_SIZED)} (the others are split by the protocol: data.datasets.<name>.options)")
     if image_size < 32:
         raise ValueError(f"image_size={image_size}: expected at least 32 pixels")
     full = {**DEFAULT_SIZES, **(sizes or {})}
@@ -96,17 +145,17 @@ def generate(out_root: Path, *, seed: int = 0, sizes: dict[str, int] | None = No
     planted: list[dict[str, str]] = []
     result: dict = {"seed": seed, "image_size": image_size, "sizes": {n: full[n] for n in names}, "datasets": {},
                     "planted_phi": {}, "seconds": {}}
-    for name in names:
-        t0 = time.perf_counter()
-        write = _writer(name, full)
-        if duplicates and name in dup.TARGETS:
-            write = dup.planting(write, name, out_root, seed, duplicates, full, image_size, planted)
-        summary = _atomic(out_root, name, lambda d, w=write, n=name: w(d, seed, full[n], image_size))
+    job = functools.partial(_generate_one, out_root, seed=seed, sizes=full, image_size=image_size,
+                            duplicates=duplicates, test_sizes=test_sizes)
+    needs_mimic = set(dup.TARGETS) if duplicates and "mimic" in names else set()
+    for name, (summary, records, seconds) in _run_all(job, names, needs_mimic, workers):
+        planted += records
         result["planted_phi"][name] = summary.pop("planted_phi", [])
         result["datasets"][name] = summary
-        result["seconds"][name] = round(time.perf_counter() - t0, 3)
+        result["seconds"][name] = seconds
     result["diseases"] = disease_counts(result["datasets"])
     if duplicates:
         dup.write_ground_truth(out_root, planted, dup.shared_ids(seed, full, image_size))
         result["duplicates"] = {n: sum(r["target"] == n for r in planted) for n in dup.TARGETS if n in names}
     return result
+

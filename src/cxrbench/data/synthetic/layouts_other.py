@@ -26,9 +26,18 @@ def _covidx_case(rng, cls: str) -> Case:
     return Case(anat, (f,), "AP", int(rng.integers(2**31)))
 
 
-def write_covidx(out: Path, seed: int, n: int, image_size: int) -> dict:
+def _held_out(n: int, n_test: int | None, default: int, name: str) -> int:
+    """Images of the official test (dev) list: ``default`` unless ``n_test`` (``synthetic.test_sizes``) is given."""
+    if n_test is None:
+        return default
+    if not 0 < n_test < n:
+        raise ValueError(f"synthetic.test_sizes.{name} = {n_test}: expected 1..{n - 1} (synthetic.sizes.{name} = {n})")
+    return n_test
+
+
+def write_covidx(out: Path, seed: int, n: int, image_size: int, n_test: int | None = None) -> dict:
     """train/ and test/ images (png/jpg/jpeg, mixed sizes, some RGB) and the two 4-field label files."""
-    n_test = max(1, min(max(12, n // 8), n // 4))
+    n_test = _held_out(n, n_test, max(1, min(max(12, n // 8), n // 4)), "covidx")
     lines: dict[str, list[str]] = {"train": [], "test": []}
     counts, planted, patient = Counter(), set(), ""
     for i in range(n):
@@ -61,16 +70,19 @@ def annotation(inst: Instance, h: int, w: int) -> str:
     bounding box) or ``2 x1 y1 ... xn yn`` (polygon)."""
     if inst.shape == "polygon":
         pts = np.asarray(inst.points).reshape(-1, 2)
-        xy = [f"{int(round(u * w - 0.5))} {int(round(v * h - 0.5))}" for u, v in pts]
-        return "2 " + " ".join(xy)
+        ij = np.array([[int(round(u * w - 0.5)), int(round(v * h - 0.5))] for u, v in pts])
+        for axis in (0, 1):  # a small polygon can round to one column / row: the real annotations never do
+            if ij[:, axis].max() == ij[:, axis].min():
+                ij[int(np.argmax(pts[:, axis])), axis] += 1
+        return "2 " + " ".join(f"{x} {y}" for x, y in ij)
     x1, y1 = math.floor((inst.cx - inst.rx) * w), math.floor((inst.cy - inst.ry) * h)
     x2, y2 = math.ceil((inst.cx + inst.rx) * w), math.ceil((inst.cy + inst.ry) * h)
     return f"{0 if inst.shape == 'rect' else 1} {x1} {y1} {x2} {y2}"
 
 
-def write_object_cxr(out: Path, seed: int, n: int, image_size: int) -> dict:
+def write_object_cxr(out: Path, seed: int, n: int, image_size: int, n_test: int | None = None) -> dict:
     """train/#####.jpg, dev/#####.jpg (numbered on from train) and train.csv / dev.csv (``image_name,annotation``)."""
-    n_dev = max(1, min(max(10, n // 9), n // 4))
+    n_dev = _held_out(n, n_test, max(1, min(max(10, n // 9), n // 4)), "object_cxr")
     rows: dict[str, list[str]] = {"train": [], "dev": []}
     shapes = Counter()
     for i in range(n):

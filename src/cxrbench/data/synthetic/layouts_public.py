@@ -47,13 +47,14 @@ def _chexpert_case(rng, anat, k: int, valid: bool) -> Case:
     return sample_case(rng, profile=PROFILES["report"], uncertain_p=0.0 if valid else 0.2, negations=3, anatomy=anat)
 
 
-def write_chexpert(out: Path, seed: int, n: int, image_size: int) -> dict:
-    """``n`` images (about 10% in valid.csv) under ``out/CheXpert-v1.0-small``."""
+def write_chexpert(out: Path, seed: int, n: int, image_size: int, n_test: int | None = None) -> dict:
+    """``n`` images (about 10% in valid.csv, the protocol's test split; ``n_test`` images if given) under
+    ``out/CheXpert-v1.0-small``."""
     top = "CheXpert-v1.0-small"
-    n_valid = max(1, min(max(8, n // 10), n // 4))
+    n_valid = max(1, min(max(8, n // 10), n // 4)) if n_test is None else _test_count(n, n_test, "chexpert")
     rows: dict[str, list] = {"train": [], "valid": []}
     counts, k, pid = Counter(), 0, 0
-    while sum(len(r) for r in rows.values()) < n:
+    while sum(len(r) for r in rows.values()) < n or (n_test is not None and len(rows["valid"]) < n_valid):
         split = "train" if len(rows["train"]) < n - n_valid else "valid"
         pid += 1
         rng = case_rng(seed, "chexpert", pid)
@@ -78,6 +79,13 @@ def write_chexpert(out: Path, seed: int, n: int, image_size: int) -> dict:
             "positives": dict(sorted(counts.items()))}
 
 
+def _nih_test(pid: int, n_in_test: int, n_test: int | None) -> bool:
+    """Whether patient ``pid``'s images go to the official test list (whole patients)."""
+    if n_test is None:
+        return pid % 4 == 0
+    return pid % 2 == 0 and n_in_test < n_test
+
+
 def _nih_boxes(case: Case, name: str, size: int) -> list[list]:
     """BBox_List rows (x, y, w, h floats) for the box-annotated findings of one image."""
     rows = []
@@ -92,8 +100,17 @@ def _nih_boxes(case: Case, name: str, size: int) -> list[list]:
     return rows
 
 
-def write_nih(out: Path, seed: int, n: int, image_size: int) -> dict:
-    """``n`` 8-bit square PNGs with Data_Entry_2017.csv, BBox_List_2017.csv and patient-disjoint split lists."""
+def _test_count(n: int, n_test: int, name: str) -> int:
+    if not 0 < n_test < n:
+        raise ValueError(f"synthetic.test_sizes.{name} = {n_test}: expected 1..{n - 1} (synthetic.sizes.{name} = {n})")
+    return n_test
+
+
+def write_nih(out: Path, seed: int, n: int, image_size: int, n_test: int | None = None) -> dict:
+    """``n`` 8-bit square PNGs with Data_Entry_2017.csv, BBox_List_2017.csv and patient-disjoint split lists: every
+    4th patient in the test list, or (``n_test`` given) every other patient until it holds ``n_test`` images."""
+    if n_test is not None:
+        _test_count(n, n_test, "nih")
     entries, boxes, lists = [], [], {"train_val": [], "test": []}
     counts, pid, kinds = Counter(), 0, tuple(NIH_NAMES)
     while len(entries) < n:
@@ -101,6 +118,7 @@ def write_nih(out: Path, seed: int, n: int, image_size: int) -> dict:
         rng = case_rng(seed, "nih", pid)
         anat, sex, age = sample_anatomy(rng), "MF"[int(rng.integers(2))], int(rng.integers(1, 91))
         anat, age = with_demographics(anat, sex == "F", age), age + (400 if pid % NIH_BAD_AGE_EVERY == 0 else 0)
+        to_test = _nih_test(pid, len(lists["test"]), n_test)
         for fu in range(min(int(rng.integers(1, 5)), n - len(entries))):
             k = len(entries)
             forced = [kinds[k % len(kinds)]] if k < 2 * len(kinds) else []
@@ -115,7 +133,7 @@ def write_nih(out: Path, seed: int, n: int, image_size: int) -> dict:
                             0.143, 0.143])
             if rng.random() < 0.4:
                 boxes.extend(_nih_boxes(case, name, image_size))
-            lists["test" if pid % 4 == 0 else "train_val"].append(name)
+            lists["test" if to_test else "train_val"].append(name)
     write_text(out / "Data_Entry_2017.csv", csv_text(NIH_HEADER, entries))
     write_text(out / "BBox_List_2017.csv", csv_text(BBOX_HEADER, boxes))
     for key, names in lists.items():
