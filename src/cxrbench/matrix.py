@@ -130,7 +130,7 @@ def report_params(params: Mapping[str, Any]) -> dict[str, Any]:
 REPORT_TABLES = ("g2d_table1", "g2d_table2a", "g2d_table2b", "g2d_table3", "g2d_table4", "g2d_table5", "g2d_table7",
                  "mflag_published")
 #: tables of tasks without a published counterpart (``cxrbench.report.tables.TASK_TABLES`` builds each)
-TASK_TABLES = ("metadata",)
+TASK_TABLES = ("metadata", "report_generation")
 REPORT_FIGURES = ("data_efficiency", "auroc_heatmap", "pseudo_mask_gallery", "segmentation_examples",
                   "grounding_overlays", "detection_examples", "pretrain_loss")
 

@@ -88,3 +88,14 @@ def test_rouge_l_is_the_lcs_f_measure_per_report() -> None:
 def test_lengths_must_match() -> None:
     with pytest.raises(ValueError, match="2 hypotheses for 1 references"):
         T.bleu4(["a", "b"], ["a"])
+
+
+def test_report_intervals_of_text_predictions() -> None:
+    from cxrbench.report import resample
+
+    pred = {"kind": np.asarray("text"), "row": np.arange(3), "bleu_stats": T.bleu_stats(HYPS, REFS),
+            "rouge_l": T.rouge_l(HYPS, REFS)}
+    ci = resample.intervals(pred, None, resamples=50, seed=0)
+    assert ci["BLEU-4"]["value"] == pytest.approx(corpus_bleu_by_hand(HYPS, REFS))
+    assert ci["ROUGE-L"]["value"] == pytest.approx(float(np.mean(T.rouge_l(HYPS, REFS))))
+    assert 0.0 <= ci["BLEU-4"]["low"] <= ci["BLEU-4"]["high"] <= 1.0

@@ -131,3 +131,22 @@ def test_vocabulary_round_trip_and_derangement() -> None:
     assert vocab.decode(vocab.encode(rg.tokenize(tok, ["No edema."])[0])) == "no."  # unseen word -> [UNK], dropped
     d = rg.derangement(7, 0)
     assert sorted(d.tolist()) == list(range(7)) and not (d == np.arange(7)).any()
+
+
+def test_report_table_cells() -> None:
+    import pandas as pd
+
+    from cxrbench.report import tables
+
+    rec = {"task": "report_generation", "dataset": "mimic", "fraction": 100, "method": "g2d", "n": 1, "sd": 0.0}
+    summary = pd.DataFrame([
+        {**rec, "metric": "BLEU-4", "mean": 0.2512, "low": 0.2, "high": 0.3},
+        {**rec, "metric": "BLEU-4/shuffled_image", "mean": 0.1, "low": float("nan"), "high": float("nan")},
+        {**rec, "metric": "BLEU-4/shuffled_image_p", "mean": 0.002, "low": float("nan"), "high": float("nan")},
+    ])
+    notes, table = tables.TASK_TABLES["report_generation"][1](summary, {"scale": "demo", "seeds": [0]})
+    row = table.iloc[0].to_dict()
+    assert row["method"] == "g2d" and row["fraction"] == "100%"
+    assert row["BLEU-4"] == "25.1 [20.0, 30.0]" and row["BLEU-4, shuffled image"] == "10.0"
+    assert row["ROUGE-L"] == "" and row["p (BLEU-4 vs shuffled)"] == "0.002"
+    assert any("synthetic demo data" in n for n in notes)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cxrbench.metrics import stats
+from cxrbench.metrics import text as text_metrics
 from cxrbench.metrics.detection import IOU_THRESHOLDS, _match, average_precision, box_iou
 
 Entry = tuple[Any, Any, Callable[[Any, Any], float]]
@@ -164,7 +165,7 @@ def _grounding(pred: dict[str, np.ndarray], _: Any) -> dict[str, Entry]:
 
 KINDS: dict[str, Callable[[dict[str, np.ndarray], Any], dict[str, Entry]]] = {
     "classification": _classification, "segmentation": _segmentation, "detection": _detection,
-    "grounding": _grounding,
+    "grounding": _grounding, "text": text_metrics.statistics,
 }
 
 

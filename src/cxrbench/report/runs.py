@@ -26,7 +26,7 @@ from cxrbench.tasks._predictions import load_predictions
 PRIMARY = {
     "linear": "AUROC", "finetune": "AUROC", "segmentation": "Dice@reference", "segmentation_ed": "Dice@reference",
     "segmentation_ft": "Dice@reference", "finetune_medklip": "AUROC",
-    "detection": "mAP@reference", "zeroshot": "AUROC", "grounding": "PointingGame",
+    "detection": "mAP@reference", "zeroshot": "AUROC", "grounding": "PointingGame", "report_generation": "BLEU-4",
 }
 PRIMARY_BY_DATASET = {("linear", "covidx"): "ACC"}
 KEYS = ["method", "task", "dataset", "fraction", "seed"]
