@@ -86,14 +86,17 @@ def run_pretrain(
     recorded = resolved_engine_params(dict(engine_params))  # precision: the resolved value + precision_requested
     fp = pretrain_fingerprint(method, params, recorded, Path(data_dir) if m.trains() else None)
     if m.trains():
+        from cxrbench.data.recipes import content_boxes
         from cxrbench.data.store import ImageDataset, PreparedDataset, collate
         from cxrbench.engine import EngineConfig, fit
+        from cxrbench.methods._common import attach_content
 
         store = PreparedDataset(Path(data_dir))
         rows, texts = pretraining_rows(store)
         if len(rows) == 0:
             raise ValueError(f"{data_dir}: no train rows with report text to pretrain {method!r} on")
         module = m.build(corpus=texts if m.has_text else None)
+        attach_content(module, content_boxes(store, np.arange(len(store.manifest))))  # the input recipe's regions
         fields = ("image", "text") if m.has_text else ("image",)
         work = Path(work_dir) if work_dir is not None else out_dir / "train"
         if int(os.environ.get("RANK", "0")) == 0:  # one process claims; the engine's identity check covers the rest

@@ -160,7 +160,7 @@ def test_recipe_view_of_a_store_row_matches_numpy():
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)
 
 
-def test_method_recipes_reach_the_pretraining_input(tiny_params=None):
+def test_method_recipes_reach_the_pretraining_input():
     from cxrbench.methods._common import normalization
 
     rec = normalization({"normalize": {"mean": 0.5307, "std": 0.2583}, "input": {"resize": "shorter",
@@ -184,3 +184,24 @@ def test_released_weights_overlay_names_two_external_rows():
     rows = published_rows(p["report"]["published_rows"])
     assert (rows["rad_dino_hf"], rows["dinov2_base"]) == ("RAD-DINO", "DINOv2")
     assert {"rad_dino_hf", "dinov2_base"} <= set(p["matrix"]["methods"])
+
+
+def test_pretraining_input_cuts_the_recipes_region_by_row():
+    """ImageInput (G2D / M-FLAG / ConVIRT) with the store's content boxes: RAD-DINO's region, min-max scaled, back
+    at the store size (bilinear, half-pixel centres, edges clamped, derived here with np.interp)."""
+    from cxrbench.methods._common import ImageInput, attach_content
+
+    x, img = _image()
+    recipe = {"mean": 0.5, "std": 0.5, "resize": "shorter", "crop": "center", "scale": "minmax"}
+    inp = ImageInput(8, recipe, None, seed=0).eval()
+    module = torch.nn.Module()
+    module.input = inp
+    attach_content(module, torch.tensor([[0, 0, 8, 8], [2, 0, 4, 8]]))
+    view, net = inp(x, ids=torch.tensor([1]))
+    rows = (img[2:6, 0] - 0.2) / 0.8  # the 4 x 4 region's rows after min-max (constant along x)
+    src = np.clip((np.arange(8) + 0.5) / 2 - 0.5, 0, 3)
+    want = np.repeat(np.interp(src, np.arange(4), rows)[:, None], 8, axis=1)
+    np.testing.assert_allclose(view[0, 0].numpy(), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(net[0].numpy(), np.stack([(want - 0.5) / 0.5] * 3), rtol=0, atol=1e-6)
+    whole_view, _ = inp(x)  # without rows: the whole square is the content (min-max over it, no crop)
+    np.testing.assert_allclose(whole_view[0, 0].numpy(), img, rtol=0, atol=1e-6)

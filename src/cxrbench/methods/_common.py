@@ -67,14 +67,28 @@ def normalization(params: dict[str, Any], default: dict[str, float]) -> dict[str
     return {"mean": _number(norm["mean"]), "std": _number(norm["std"]), **extra}
 
 
-def scale_images(x: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
-    """The recipe's intensity scale on a batch (B, 1, S, S): ``minmax`` per image over the whole stored square (the
-    pretraining batch carries no content boxes), ``unit`` unchanged."""
-    if recipe.get("scale", "unit") != "minmax":
+def recipe_region(x: torch.Tensor, recipe: dict[str, Any], content: torch.Tensor | None,
+                  ids: torch.Tensor | None) -> torch.Tensor:
+    """The recipe's region and scale of each pretraining image, back at the store size S, so the augmentations
+    cut their views from what the released pipeline fed (``cxrbench.data.recipes.view``). x (B, 1, S, S);
+    ``content`` (N, 4) the store's content boxes by row (:func:`attach_content`), ``ids`` (B,) the batch's rows;
+    without them the whole square is the content. ``longer`` + ``unit``: x unchanged."""
+    if recipe.get("resize", "longer") == "longer" and recipe.get("scale", "unit") == "unit":
         return x
-    from cxrbench.data.recipes import minmax, whole
+    from cxrbench.data.recipes import Recipe, view
 
-    return minmax(x, whole(x))
+    boxes = content[ids.cpu().long()] if content is not None and ids is not None else None
+    r = Recipe(size=int(x.shape[-1]), resize=recipe.get("resize", "longer"), crop=recipe.get("crop", "none"),
+               scale=recipe.get("scale", "unit"))
+    return view(x, r, boxes.to(x.device) if boxes is not None else None)
+
+
+def attach_content(module: nn.Module, content: torch.Tensor) -> None:
+    """Give a module's input pipeline (the module itself or its ``input``) the store's content boxes (N, 4) by row
+    (``cxrbench.data.recipes.content_boxes``), for :func:`recipe_region`; the pretrain stage calls this."""
+    for part in (module, getattr(module, "input", None)):
+        if part is not None and hasattr(part, "content"):
+            part.content = content
 
 
 def check_input_size(size: int, x: torch.Tensor, where: str) -> None:
@@ -93,12 +107,13 @@ class ImageInput(nn.Module):
         self.image_size = int(image_size)
         self.normalize = normalize
         self.augment = ViewAugment(ViewConfig.from_params(augment, self.image_size), seed)
+        self.content: torch.Tensor | None = None  # (N, 4) content boxes by store row (attach_content)
 
     def forward(self, x: torch.Tensor, step: int | None = None,
                 ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``step``/``ids`` (optimiser step, dataset rows): views a pure function of (seed, step, row), resumable."""
         check_input_size(self.image_size, x, "pretraining input")
-        x = scale_images(x, self.normalize)
+        x = recipe_region(x, self.normalize, self.content, ids)
         view = self.augment(x, step=step, ids=ids) if self.training else resize(x, self.image_size)
         return view, self.prepare(view)
 

@@ -44,7 +44,7 @@ from cxrbench.methods._common import (
     build_encoder,
     check_input_size,
     normalization,
-    scale_images,
+    recipe_region,
     seeded,
 )
 from cxrbench.registry import METHODS
@@ -113,6 +113,7 @@ class RADDINOModule(StepCounter):
         self.layer_decay = float(p.get("layer_decay", 0.9))
         self.export = p.get("export", "teacher")
         self.normalize = normalization(p, RAD_DINO_NORM)
+        self.content: torch.Tensor | None = None  # (N, 4) content boxes by store row (attach_content)
         crops = dict(p.get("crops") or {})
         self.image_size = int(crops.get("global_size", p.get("image_size", 56)))
         crops["global_size"] = self.image_size
@@ -158,9 +159,9 @@ class RADDINOModule(StepCounter):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch_images(batch, self)
         check_input_size(self.image_size, x, "pretrain.methods.raddino crops.global_size")
-        x = scale_images(x, self.normalize)  # the recipe's intensity scale (RAD-DINO: min-max), before cropping
         B, m, s = x.shape[0], self.normalize["mean"], self.normalize["std"]
         ids = batch.get("row", torch.arange(B))  # crops and masks: pure functions of (seed, step, rows)
+        x = recipe_region(x, self.normalize, self.content, batch.get("row"))  # RAD-DINO: shorter side, min-max
         globals_, locals_ = self.multicrop(x, step=self.step, ids=ids)
         g = to_input(torch.cat(globals_), m, s)
         p, gen = self.encoder.patch_size, batch_generator(self.seed, self.step, ids, stream=1)
