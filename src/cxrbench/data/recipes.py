@@ -28,10 +28,11 @@ naming both numbers, :func:`check_store`); so set ``data.image_size`` to the lar
 
 Where recipes apply. Pretraining: each image's region and scale, back at the store size, before the method's own
 augmentations (``cxrbench.methods._common.recipe_region``; the pretrain stage attaches the store's content boxes).
-Frozen features (the linear probe, ``cxrbench.tasks._common.recipe_view``): the whole recipe, then the protocol's
-centre crop. Dense tasks (segmentation, detection, grounding) score every labelled pixel, so they keep the whole store
-square (the ``longer`` geometry) and take the recipe's size and intensities only (``tasks._common.to_input``); so do
-fine-tuning and zero-shot classification for now (their views are cut in the task files).
+Image-level test views (the linear probe's frozen features, zero-shot classification;
+``cxrbench.tasks._common.recipe_view``): the whole recipe, then the protocol's centre crop. Dense tasks
+(segmentation, detection, grounding) score every labelled pixel, so they keep the whole store square (the ``longer``
+geometry) and take the recipe's size and intensities only (``tasks._common.to_input``); so does fine-tuning for now
+(its views are cut in the task file, which does not pass the rows).
 
 Tensors: images (B, 1, S, S) float in [0, 1]; content boxes (B, 4) int64 ``(top, left, height, width)`` in store
 pixels.

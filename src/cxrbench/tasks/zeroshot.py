@@ -21,12 +21,11 @@ from cxrbench.tasks._common import (
     StoreDataset,
     batches,
     binary_labels,
-    classification_view,
     label_names,
     prompt_pair,
+    recipe_view,
     resolve,
     task_image_size,
-    to_input,
 )
 
 
@@ -43,9 +42,10 @@ def pair_scores(
 def image_embeddings(
     vl: Any, data: Any, rows: np.ndarray, *, size: int, crop_ratio: float, normalize: dict, batch_size: int
 ) -> torch.Tensor:
-    """Global image embeddings (N, D) of ``rows`` on the test view (resize + centre crop)."""
+    """Global image embeddings (N, D) of ``rows`` on the test view: the encoder's input recipe (``recipe_view``:
+    its region and scale, resize, centre crop, normalisation)."""
     out = [
-        vl.embed_image(to_input(classification_view(b["image"], size, crop_ratio, None), normalize))[0].cpu()
+        vl.embed_image(recipe_view(data, b["row"].numpy(), b["image"], normalize, size, crop_ratio))[0].cpu()
         for b in batches(StoreDataset(data, rows), batch_size)
     ]
     return torch.cat(out).float()
