@@ -13,10 +13,10 @@ For the last two, ``backbone``, ``image_size`` and ``normalize`` say how to buil
 
 The input recipe (``cxrbench.data.recipes``: ``image_size``, ``normalize``, ``input`` {resize, crop, scale}) comes,
 lowest first, from: the defaults (``longer`` / ``none`` / ``unit``), the checkpoint (a cxrbench encoder.pt's recorded
-recipe; a Hugging Face directory's ``preprocessor_config.json`` when present, read by
-``recipes.from_hf_preprocessor``: microsoft/rad-dino's gives 518, shorter side, centre crop, mean 0.5307, std 0.2583),
-then the entry's own keys (an explicit value wins). RAD-DINO's min-max scaling of its training images is not in that
-file (model card, "Preprocessing"): its entry sets ``input: {scale: minmax}``.
+recipe, whose size and normalisation always travel with it; a Hugging Face directory's ``preprocessor_config.json``
+when present, read by ``recipes.from_hf_preprocessor``: microsoft/rad-dino's gives 518, shorter side, centre crop,
+mean 0.5307, std 0.2583), then the entry's own keys (an explicit value wins). RAD-DINO's min-max scaling of its
+training images is not in that file (model card, "Preprocessing"): its entry sets ``input: {scale: minmax}``.
 
 Several named entries can use this method in one matrix, each with its own checkpoint and published row, e.g.
 ``rad_dino_hf: {method: external, checkpoint: data/weights/rad-dino, backbone: vit_base_patch14, input: {scale:
@@ -89,11 +89,14 @@ def checkpoint_recipe(kind: str, file: Path, meta: dict[str, Any] | None = None)
     return from_hf_preprocessor(processor) if processor.is_file() else {}
 
 
-def entry_recipe(params: dict[str, Any], found: dict[str, Any], file: Path) -> tuple[int, dict[str, Any]]:
-    """(image_size, the recorded normalize + input mapping): the entry's explicit keys over the checkpoint's."""
+def entry_recipe(params: dict[str, Any], found: dict[str, Any], file: Path,
+                 recorded: bool = False) -> tuple[int, dict[str, Any]]:
+    """(image_size, the recorded normalize + input mapping): the entry's explicit keys over the checkpoint's; a
+    cxrbench encoder.pt (``recorded``) keeps its own size and normalisation (they travel with it)."""
     from cxrbench.methods._common import normalization
 
-    merged = {**found, **{k: params[k] for k in ("image_size", "normalize") if k in params},
+    explicit = {k: params[k] for k in ("image_size", "normalize") if k in params and not recorded}
+    merged = {**found, **explicit,
               "input": {**dict(found.get("input") or {}), **dict(params.get("input") or {})}}
     for key in ("image_size", "normalize"):
         if key not in merged:
@@ -119,7 +122,7 @@ class External(Method):
         kind, file = resolve_weights(Path(p["checkpoint"]))
         if kind == "cxrbench":
             bb, meta = load_cxrbench_encoder(file)
-            return EncoderOnly(bb, *entry_recipe(p, checkpoint_recipe(kind, file, meta), file))
+            return EncoderOnly(bb, *entry_recipe(p, checkpoint_recipe(kind, file, meta), file, recorded=True))
         from cxrbench.models.backbones import build_backbone
 
         if "backbone" not in p:
