@@ -205,3 +205,14 @@ def test_pretraining_input_cuts_the_recipes_region_by_row():
     np.testing.assert_allclose(net[0].numpy(), np.stack([(want - 0.5) / 0.5] * 3), rtol=0, atol=1e-6)
     whole_view, _ = inp(x)  # without rows: the whole square is the content (min-max over it, no crop)
     np.testing.assert_allclose(whole_view[0, 0].numpy(), img, rtol=0, atol=1e-6)
+
+
+def test_the_runs_fingerprint_records_the_recipe(monkeypatch):
+    """config.json of every run holds the fingerprint, and the fingerprint the recipe the encoder was fed with."""
+    from cxrbench import evaluate, fingerprint
+
+    monkeypatch.setattr(fingerprint, "data_hash", lambda store: "data")
+    norm = {"mean": RAD_DINO_MEAN, "std": RAD_DINO_STD, "resize": "shorter", "crop": "center", "scale": "minmax"}
+    pretrained = SimpleNamespace(backbone=torch.nn.Linear(2, 2), normalize=norm, image_size=518)
+    fp = evaluate.run_fingerprint("linear", "chexpert", 1, 0, {"engine": {}}, None, pretrained, None)
+    assert fp["input"] == {**norm, "size": 518}
