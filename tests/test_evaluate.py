@@ -76,12 +76,13 @@ def test_metrics_json_schema(patched, tmp_path):
     rec = call(tmp_path, "linear")
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk == rec
-    assert set(rec) == {"run", "status", "reason", "metrics", "metric_forms", "n", "seconds", "max_rss_mb"}
+    assert set(rec) == {"run", "status", "reason", "metrics", "metric_forms", "n", "seconds", "cpu_seconds",
+                        "max_rss_mb"}
     assert rec["run"] == {"method": "random", "task": "linear", "dataset": "chexpert", "fraction": 100, "seed": 0}
     assert rec["status"] == "ok" and rec["reason"] is None
     assert rec["metrics"]["AUROC"] == 1.0 and {"AUROC/Atelectasis", "AUROC/Edema"} <= set(rec["metrics"])
     assert "AUROC" in rec["metric_forms"] and rec["n"] == {"train": 10, "valid": 10, "test": 10}
-    assert rec["seconds"] > 0 and rec["max_rss_mb"] > 10
+    assert rec["seconds"] > 0 and rec["cpu_seconds"] > 0 and rec["max_rss_mb"] > 10
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["task_params"]["cache_dir"] == str(tmp_path / "features") and cfg["run"] == rec["run"]
     assert len(list((tmp_path / "features").glob("*.pt"))) == 3  # train / valid / test features cached

@@ -149,9 +149,16 @@ def test_monitor_no_task_reports(params):
 
 
 def test_freeze_layers_above_the_text_encoders_depth(params):
-    bad = _set(params, "pretrain.methods.g2d.text.freeze_layers", 7)
+    whole = _set(params, "pretrain.methods.g2d.text.keep_layers", None)  # MiniLM's 6 layers
+    bad = _set(whole, "pretrain.methods.g2d.text.freeze_layers", 7)
     _rejects(bad, "pretrain.methods.g2d.text.freeze_layers", "has 6", "'minilm'")
-    config.validate_params(_set(params, "pretrain.methods.g2d.text.freeze_layers", 6))
+    config.validate_params(_set(whole, "pretrain.methods.g2d.text.freeze_layers", 6))
+    # a truncated tower (keep_layers) is as deep as what it keeps, and cannot keep more than the model has
+    kept = _set(params, "pretrain.methods.g2d.text.keep_layers", 2)
+    _rejects(_set(kept, "pretrain.methods.g2d.text.freeze_layers", 3), "pretrain.methods.g2d.text.freeze_layers",
+             "has 2")
+    _rejects(_set(params, "pretrain.methods.g2d.text.keep_layers", 7), "pretrain.methods.g2d.text.keep_layers",
+             "has 6")
 
 
 def test_heads_that_do_not_divide_the_embedding(params):

@@ -5,7 +5,8 @@ resolved parameters, runs it (or records why it does not apply) and writes, atom
 
 - ``metrics.json``: ``{"run": {method, task, dataset, fraction, seed}, "status": "ok" | "not_applicable",
   "reason", "metrics": {flat keys}, "metric_forms": {key: definition}, "n": {train, valid, test}, "seconds",
-  "max_rss_mb"}``. The last two are the run's wall time and peak memory: what Snakemake's ``benchmark:`` records,
+  "cpu_seconds", "max_rss_mb"}``. The last three are the run's wall time, its process CPU time and peak memory:
+  what Snakemake's ``benchmark:`` records,
   without its per-job memory polling, which costs more than a small run;
 - ``config.json``: the resolved parameters and inputs of the run (``engine.precision`` as resolved, beside
   ``precision_requested``) and its ``fingerprint`` (:func:`run_fingerprint`), which also keys ``train/``, the
@@ -131,7 +132,7 @@ def run_evaluation(
     The torch default generator is seeded with ``seed`` here, at the stage boundary, for any library code that
     draws from it; the tasks themselves use explicit generators derived from ``seed``. ``method`` names the matrix
     entry (its run directory; default: the registered method that wrote the checkpoint, ``base_method``)."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     params = {**task_params, "cache_dir": str(cache_dir or task_params.get("cache_dir") or "data/features")}
     task_obj = TASKS.get(task)(params)
@@ -168,6 +169,7 @@ def run_evaluation(
         "metric_forms": dict(getattr(task_obj, "metric_forms", {})),
         "n": dict(getattr(task_obj, "n", {})) or {"train": 0, "valid": 0, "test": 0},
         "seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),  # this process's CPU: what the run costs
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     _drop_training_state(out_dir)

@@ -139,8 +139,10 @@ def _hash_store(root: Path) -> str:
 
 def manifest_content(df: Any, label_names: list[str]) -> bytes:
     """Canonical bytes of the manifest columns a task or method reads: row, split, the label columns (in
-    ``label_names`` order; NaN kept distinct from every number), the fraction memberships, boxes, text."""
-    cols = ["row", "split", *label_names, *sorted(c for c in df.columns if c.startswith("frac_")), "boxes", "text"]
+    ``label_names`` order; NaN kept distinct from every number), the fraction memberships, boxes, text, and the
+    metadata task's targets (sex, age)."""
+    cols = ["row", "split", *label_names, *sorted(c for c in df.columns if c.startswith("frac_")), "boxes", "text",
+            "sex_female", "age_years"]
     parts = []
     for col in cols:
         if col not in df.columns:

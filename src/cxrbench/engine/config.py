@@ -29,6 +29,8 @@ class EngineConfig:
     grad_accum: int = 1
     clip_norm: float | None = None
     ckpt_every: int = 100
+    ckpt_min_seconds: float = 0.0  # > 0: no checkpoint sooner than this after the last (demo downstream runs of a few
+    # seconds then write none; a fine-tuned ResNet-18 + AdamW state is ~134 MB a save)
     log_every: int = 10
     num_workers: int = 0
     patience: int | None = None  # epochs without improvement before stopping (val_fn required)

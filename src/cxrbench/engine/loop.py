@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -48,7 +49,7 @@ from cxrbench.fingerprint import changed_keys, normalise
 
 log = logging.getLogger(__name__)
 #: engine parameters that never change what a fit computes (a changed value still resumes)
-NON_SEMANTIC = ("progress", "ckpt_every", "num_workers")
+NON_SEMANTIC = ("progress", "ckpt_every", "ckpt_min_seconds", "num_workers")
 
 
 def fit(module: nn.Module, train_set: Any, cfg: EngineConfig, out_dir: str | Path, *, seed: int,
@@ -95,6 +96,7 @@ class _Trainer:
                 self.raw, device_ids=[device] if device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters)
         self.last, self.best_path = out / "last.ckpt", out / "best.ckpt"
+        self._saved_at = time.monotonic()  # for cfg.ckpt_min_seconds
         self.identity: dict[str, Any] = {}
         self._gens: dict[str, torch.Generator] | None = None
         self._last_loss: float | None = None
@@ -141,6 +143,10 @@ class _Trainer:
         return self._gens
 
     def _save(self, path: Path) -> None:
+        if self._too_soon():
+            write_curves(self.out / "curves.csv", self.s["history"])
+            return
+        self._saved_at = time.monotonic()
         mine = {**capture_rng(), "generators": {k: g.get_state() for k, g in self._generators().items()}}
         rngs = D.gather(mine, self.info)  # every rank takes part; rank 0 writes
         if not self.info.is_main:
@@ -152,6 +158,12 @@ class _Trainer:
         atomic_torch_save(ckpt, path)
         self.s["saved_step"] = self.s["step"]
         write_curves(self.out / "curves.csv", self.s["history"])
+
+    def _too_soon(self) -> bool:
+        """``ckpt_min_seconds``: skip a checkpoint this soon after the last one (a kill then costs at most that much
+        work; a short run writes none). Single process only: DDP ranks must agree on every save."""
+        wait = float(self.cfg.ckpt_min_seconds)
+        return wait > 0 and not self.info.enabled and time.monotonic() - self._saved_at < wait
 
     def _excluded(self) -> tuple[str, ...]:
         """State-dict prefixes declared constant by the module or any of its submodules (``checkpoint_exclude``)."""
