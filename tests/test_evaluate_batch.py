@@ -76,3 +76,23 @@ def test_bad_run_spec_is_an_error_naming_it(spec):
     with pytest.raises(ValueError, match=spec):
         matrix.RunTemplate.parse(spec)
     assert matrix.RunTemplate.parse("linear:rsna:10:2") == matrix.RunTemplate("linear", "rsna", 10, 2)
+
+
+def test_fractions_with_the_same_rows_are_computed_once(patched, tmp_path, monkeypatch):
+    """The fake store's fractions are all its train rows (as the demo's floor makes 1% and 10%): the 10% run is
+    written from the 1% run, with its own run identity; a fraction whose resolved parameters differ is computed."""
+    calls = []
+    real = ev.run_evaluation
+    monkeypatch.setattr(ev, "run_evaluation", lambda **kw: calls.append(kw["fraction"]) or real(**kw))
+    params = {**PARAMS, "by_fraction": {100: {"engine": {"lr": 0.05}}}}
+    code = cli.main(["evaluate", "--method", "rand_entry", "--ckpt", str(tmp_path / "ckpt"), "--runs",
+                     "linear:chexpert:1:0", "linear:chexpert:10:0", "linear:chexpert:100:0", "linear:chexpert:10:1",
+                     "--prepared", str(tmp_path / "prepared"), "--runs-root", str(tmp_path / "runs"),
+                     "--cache", str(tmp_path / "features"), "--resolved", json.dumps({"linear": params})])
+    assert code == 0 and calls == [1, 100, 10]  # f10 s0 reused; f100 (other lr) and seed 1 computed
+    root = tmp_path / "runs" / "rand_entry" / "linear" / "chexpert"
+    f1, f10 = (json.loads((root / f / "s0" / "metrics.json").read_text()) for f in ("f1", "f10"))
+    assert f10["run"]["fraction"] == 10 and f10["metrics"] == f1["metrics"]
+    assert f10["reused"]["from"] == str(root / "f1" / "s0") and "reused" not in f1
+    assert json.loads((root / "f10" / "s0" / "config.json").read_text())["run"]["fraction"] == 10
+    assert (root / "f10" / "s0" / "predictions.npz").is_file()

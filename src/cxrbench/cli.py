@@ -139,18 +139,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         templates = [matrix.RunTemplate(args.task, args.dataset, args.fraction, args.seed)]
     tasks = sorted({t.task for t in templates})
     resolved = _resolved(args, lambda params: {t: config.task_params(params, t) for t in tasks})  # task -> params
-    failed = [t.spec() for t in templates if not _evaluate_one(args, t, resolved[t.task])]
+    done: dict[str, Path] = {}  # work key -> the run directory of this job that computed it
+    failed = [t.spec() for t in templates if not _evaluate_one(args, t, resolved[t.task], done)]
     if failed:
         print(f"cxrbench evaluate: {len(failed)} of {len(templates)} runs failed: {' '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _evaluate_one(args: argparse.Namespace, t: Any, task_params: dict[str, Any]) -> bool:
+def _evaluate_one(args: argparse.Namespace, t: Any, task_params: dict[str, Any], done: dict[str, Path]) -> bool:
+    """Run ``t``; in a batch (``--runs``), a run whose work key (``evaluate.work_key``) an earlier run of this job
+    already computed is written from that run instead (the same computation: the demo's 1% and 10% fractions
+    are the same rows)."""
     import traceback
 
     from cxrbench import matrix
-    from cxrbench.evaluate import run_evaluation
+    from cxrbench.evaluate import reuse_run, run_evaluation, work_key
 
     run = matrix.Run(args.method, t.task, t.dataset, t.fraction, t.seed)
     out = Path(args.out) if args.out else Path(run.directory(args.runs_root))
@@ -162,7 +166,13 @@ def _evaluate_one(args: argparse.Namespace, t: Any, task_params: dict[str, Any])
         result = run_evaluation(**call)
     else:
         try:
-            result = run_evaluation(**call)
+            key = work_key(t.task, data, t.dataset, t.fraction, t.seed, task_params)
+            if key is not None and key in done and (done[key] / "metrics.json").is_file():
+                result = reuse_run(done[key], out, t.fraction)
+            else:
+                result = run_evaluation(**call)
+                if key is not None:
+                    done[key] = out
         except Exception:  # one failed run of a chunk must not cost the others theirs
             print(f"cxrbench evaluate: run {t.spec()} failed:\n{traceback.format_exc()}", file=sys.stderr)
             return False

@@ -25,6 +25,10 @@ class Task:
     uses_fractions: ClassVar[bool] = True
     #: whether the method must have a text tower
     requires_text: ClassVar[bool] = False
+    #: whether the run depends on its fraction only through the store's training rows (``data.rows("train", f)``),
+    #: so two fractions with the same rows (the demo's 1% and 10% under ``data.min_positives``) are one computation
+    #: (``cxrbench.evaluate.work_key``); a task drawing its own subset says False
+    fraction_is_store_rows: ClassVar[bool] = True
     #: whether the method must have a pretrained segmentation decoder (the encoder-decoder setting)
     requires_decoder: bool = False
 

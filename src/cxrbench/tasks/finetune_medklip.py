@@ -143,6 +143,7 @@ def fraction_rows(store: Any, train: np.ndarray, fraction: int, p: Mapping[str, 
 
 @TASKS.register("finetune_medklip")
 class FinetuneMedKLIP(Finetune):
+    fraction_is_store_rows = False  # its fractions are drawn over MedKLIP's train list, not the store's
     name = "finetune_medklip"
     datasets = ("nih",)
 
