@@ -9,7 +9,7 @@ import pytest
 
 from cxrbench.data.synthetic import generate
 
-SIZES = {"mimic": 12, "chexpert": 30, "nih": 30, "rsna": 20, "siim": 20, "covidx": 30, "object_cxr": 30, "ms_cxr": 4}
+SIZES = {"mimic": 12, "chexpert": 24, "nih": 20, "rsna": 30, "siim": 30, "covidx": 16, "object_cxr": 20, "ms_cxr": 4}
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -18,28 +18,28 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def test_two_workers_write_the_same_files_as_one(tmp_path):
-    kw = {"seed": 3, "sizes": SIZES, "image_size": 64, "duplicates": 2}
+    kw = {"seed": 3, "sizes": SIZES, "image_size": 48, "duplicates": 1, "datasets": ["mimic", "rsna", "siim", "covidx"]}
     one = generate(tmp_path / "one", workers=1, **kw)
     two = generate(tmp_path / "two", workers=2, **kw)
     assert digest(tmp_path / "one") == digest(tmp_path / "two")
     assert list(one["datasets"]) == list(two["datasets"]) and one["duplicates"] == two["duplicates"] == {
-        "rsna": 2, "siim": 2}
+        "rsna": 1, "siim": 1}
 
 
 def test_test_sizes_set_the_official_test_lists(tmp_path):
-    got = generate(tmp_path, sizes=SIZES, image_size=64, datasets=["chexpert", "nih", "covidx", "object_cxr"],
-                   test_sizes={"chexpert": 11, "nih": 9, "covidx": 7, "object_cxr": 13})
+    got = generate(tmp_path, sizes=SIZES, image_size=48, datasets=["chexpert", "nih", "covidx", "object_cxr"],
+                   test_sizes={"chexpert": 11, "nih": 6, "covidx": 7, "object_cxr": 13})
     d = got["datasets"]
-    assert 11 <= d["chexpert"]["valid"] <= 11 + 3 * 2 and d["chexpert"]["train"] + d["chexpert"]["valid"] >= 30
-    assert d["covidx"]["test"] == 7 and d["covidx"]["train"] == 23
-    assert d["object_cxr"]["dev"] == 13 and d["object_cxr"]["train"] == 17
-    # whole patients: the test list reaches 9 images and stops growing at the patient that crossed it
-    assert 9 <= d["nih"]["test"] <= 9 + 3
+    assert 11 <= d["chexpert"]["valid"] <= 11 + 3 * 2 and d["chexpert"]["train"] + d["chexpert"]["valid"] >= 24
+    assert d["covidx"]["test"] == 7 and d["covidx"]["train"] == 9
+    assert d["object_cxr"]["dev"] == 13 and d["object_cxr"]["train"] == 7
+    # whole patients: the test list reaches 6 images and stops growing at the patient that crossed it
+    assert 6 <= d["nih"]["test"] <= 6 + 3
     listed = (tmp_path / "nih" / "test_list.txt").read_text().split()
     assert len(listed) == d["nih"]["test"]
 
 
-@pytest.mark.parametrize("bad", [{"rsna": 5}, {"covidx": 30}])
+@pytest.mark.parametrize("bad", [{"rsna": 5}, {"covidx": 16}])
 def test_bad_test_sizes_are_refused_with_the_key(tmp_path, bad):
     with pytest.raises(ValueError, match="synthetic.test_sizes"):
-        generate(tmp_path, sizes=SIZES, image_size=64, datasets=["covidx"], test_sizes=bad)
+        generate(tmp_path, sizes=SIZES, image_size=48, datasets=["covidx"], test_sizes=bad)
