@@ -26,7 +26,8 @@ def _mean(values):
     return sum(values) / len(values)
 
 
-@pytest.mark.parametrize("name", ["g2d", "mflag", "raddino"])
+@pytest.mark.parametrize("name", [pytest.param("g2d", marks=pytest.mark.slow), "mflag",
+                                  pytest.param("raddino", marks=pytest.mark.slow)])  # ~10 s each: make test-slow
 def test_run_pretrain_lowers_loss_and_round_trips(name, store, tmp_path, tiny_params):
     params = tiny_params[name]
     summary = run_pretrain(name, params, ENGINE, store, tmp_path / name, seed=3)
