@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-slow bench lint format clean-results
+.PHONY: install demo test test-slow bench bench-check lint format clean-results
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ test-slow: install
 
 bench: install
 	$(BIN)/python -m pytest -m benchmark --benchmark-enable --benchmark-columns=min,mean,ops tests $(PYTEST_ARGS)
+
+# CI: every benchmark's assertions, each function run once (pytest-benchmark disabled); `make bench` times rounds
+bench-check: install
+	$(BIN)/python -m pytest -m benchmark tests $(PYTEST_ARGS)
 
 format: install
 	$(BIN)/ruff check --fix src tests
