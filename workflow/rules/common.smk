@@ -151,7 +151,13 @@ def report_outputs():
         elif ext == "html":
             group = (
                 "Uncertainty and comparisons"
-                if table in ("scorecard", "comparisons")
+                if table
+                in (
+                    "scorecard",
+                    "comparisons",
+                    "contamination",
+                    "contamination_metrics",
+                )
                 else "Published vs reproduced"
             )
             out.append(
