@@ -56,6 +56,7 @@ def test_dvc_params_exist_in_params_yaml(root, params):
                 node = node[part]
 
 
+@pytest.mark.slow  # a Snakemake plan of the 295-run demo matrix, ~13 s: make test stays under 3 minutes
 def test_snakemake_plans_exactly_the_matrix(root, params):
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "--summary", "--cores", "1", "--nolock"],
