@@ -29,3 +29,40 @@ def test_the_interval_is_not_part_of_the_run_identity(tmp_path):
     again = Linear()
     res = fit(again, Regression(), cfg(epochs=2, ckpt_min_seconds=3600), tmp_path, seed=0)
     assert res.steps == 8 and again.calls == 0 and torch.equal(first.lin.weight, again.lin.weight)
+
+
+def test_a_short_run_writes_its_files_once_and_keeps_the_best_epoch(tmp_path, monkeypatch):
+    """Per epoch a short run pays no file writes: curves.csv once at the end, best.ckpt never (the best epoch's
+    weights are held in memory and still loaded back); with checkpoints, best.ckpt lands beside last.ckpt."""
+    from cxrbench.engine import loop, state
+
+    writes: list[str] = []
+    real = state.atomic_write_bytes
+
+    def counting(path, data, **kw):
+        writes.append(path.name)
+        real(path, data, **kw)
+
+    monkeypatch.setattr(state, "atomic_write_bytes", counting)
+    scores = iter([3.0, 1.0, 2.0, 2.5, 2.6, 2.7])
+    seen = []
+
+    def val_fn(module):
+        seen.append(module.lin.weight.detach().clone())
+        return {"loss": next(scores)}
+
+    m = Linear()
+    res = fit(m, Regression(), cfg(epochs=6, ckpt_min_seconds=3600, log_every=1), tmp_path / "short", seed=0,
+              val_fn=val_fn)
+    assert writes == ["curves.csv"] and res.best_path is None
+    assert torch.equal(m.lin.weight, seen[1]) and res.best_metric == 1.0  # epoch 1's weights, from memory
+    writes.clear()
+    scores = iter([3.0, 1.0, 2.0, 2.5, 2.6, 2.7])
+    seen.clear()
+    m2 = Linear()
+    res = fit(m2, Regression(), cfg(epochs=6, log_every=1), tmp_path / "every", seed=0, val_fn=val_fn)
+    # epochs 0 and 1 improve: each best written once, just before that epoch's checkpoint; later epochs write none
+    assert writes[:6] == ["best.ckpt", "last.ckpt", "curves.csv"] * 2 and writes.count("best.ckpt") == 2
+    assert res.best_path == str(tmp_path / "every" / "best.ckpt")
+    assert torch.load(tmp_path / "every" / "best.ckpt", weights_only=True)["epoch"] == 1
+    assert torch.equal(m2.lin.weight, seen[1]) and loop.CURVES_SECONDS > 0

@@ -83,6 +83,19 @@ def evaluate_jobs(params: Mapping[str, Any]) -> list[list[RunTemplate]]:
     return [templates[i : i + k] for i in range(0, len(templates), k)]
 
 
+#: Scheduling priorities (Snakemake ``priority``: among the jobs ready to run, higher first). The critical path is
+#: prepare(pretraining corpus) -> pretrain -> evaluate; the other stores are short and only needed by evaluate jobs,
+#: so on a 2-core machine the corpus goes first and every pretraining (the longest jobs) starts as soon as it can.
+PRIORITY = {"corpus": 20, "pretrain": 10, "prepare": 0, "evaluate": 0}
+
+
+def prepare_priority(params: Mapping[str, Any], dataset: str) -> int:
+    """The prepare job's priority: the pretraining corpus (and the stores it needs) before the others."""
+    corpus = params["pretrain"]["dataset"]
+    first = {corpus, *params["data"]["datasets"][corpus].get("needs", [])}
+    return PRIORITY["corpus"] if dataset in first else PRIORITY["prepare"]
+
+
 def datasets(params: Mapping[str, Any]) -> list[str]:
     """Datasets that must be prepared: the pretraining corpus and every dataset a task of the matrix uses."""
     needed = {params["pretrain"]["dataset"]}

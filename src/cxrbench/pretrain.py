@@ -87,7 +87,8 @@ def run_pretrain(
     fp = pretrain_fingerprint(method, params, recorded, Path(data_dir) if m.trains() else None)
     if m.trains():
         from cxrbench.data.recipes import content_boxes
-        from cxrbench.data.store import ImageDataset, PreparedDataset, collate
+        from cxrbench.data.loader import ImageDataset, collate
+        from cxrbench.data.store import PreparedDataset
         from cxrbench.engine import EngineConfig, fit
         from cxrbench.methods._common import attach_content
 

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrbench.data.prepare import prepare_dataset
-from cxrbench.data.store import ImageDataset, PreparedDataset, collate
+from cxrbench.data.loader import ImageDataset, collate
+from cxrbench.data.store import PreparedDataset
 
 pytestmark = pytest.mark.benchmark
 N_RAW, BATCH, LOADER_WORKERS, ROUNDS = 48, 16, 2, 3

@@ -13,7 +13,8 @@ from PIL import Image
 
 from cxrbench.data.formats._base import DatasetFormat, ReadResult
 from cxrbench.data.prepare import prepare_dataset
-from cxrbench.data.store import ImageDataset, PreparedDataset, collate
+from cxrbench.data.loader import ImageDataset, collate
+from cxrbench.data.store import PreparedDataset
 
 
 class Tiny(DatasetFormat):

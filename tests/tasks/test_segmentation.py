@@ -83,3 +83,30 @@ def test_encoder_decoder_setting(make_store, pretrained_factory, tiny_resnet, tm
     task.run(pre, store, 100, 0, tmp_path)
     with pytest.raises(NotApplicable, match="no pretrained U-Net decoder"):
         task.check(pretrained_factory(tiny_resnet, full_state={"state_dict": {"decoder.head.weight": torch.zeros(1)}}))
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+@pytest.mark.parametrize("augment", [True, False])
+def test_cached_pyramid_matches_streaming_and_is_reused(family, augment, make_store, pretrained_factory, tiny_resnet,
+                                                       tiny_vit, tmp_path):
+    """The frozen backbone's pyramid is computed once per split (valid and test; train too when not augmented) and
+    the run equals one that streams every image through the encoder."""
+    store = seg_store(make_store)
+    pre = pretrained_factory(tiny_resnet if family == "resnet" else tiny_vit)
+    params = {**PARAMS, "augment": augment, "cache_dir": str(tmp_path / "cache")}
+    cached = TASKS.get("segmentation")(params)
+    m_cached = cached.run(pre, store, 100, 0, tmp_path / "a")
+    splits = 2 if augment else 3
+    assert (cached.cache.misses, cached.cache.hits) == (splits, 0)
+    assert len(list((tmp_path / "cache").glob("siim-*.pt"))) == splits
+    streamed = TASKS.get("segmentation")({**params, "feature_cache": False})
+    m_streamed = streamed.run(pre, store, 100, 0, tmp_path / "b")
+    assert streamed.cache.misses == streamed.cache.hits == 0
+    for key in m_cached:
+        assert m_cached[key] == pytest.approx(m_streamed[key], abs=1e-5), key
+    again = TASKS.get("segmentation")(params)
+    again.run(pre, store, 10, 1, tmp_path / "c")  # another fraction and seed: the splits come from the disk cache
+    assert (again.cache.misses, again.cache.hits) == (0, splits)
+    tiny = TASKS.get("segmentation")({**params, "feature_cache_max_gb": 1e-9, "cache_dir": str(tmp_path / "t")})
+    tiny.run(pre, store, 100, 0, tmp_path / "d")
+    assert tiny.cache.misses == 0 and not (tmp_path / "t").exists()  # over the limit: images stream

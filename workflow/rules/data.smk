@@ -31,6 +31,7 @@ rule prepare:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
+    priority: lambda wc: matrix.prepare_priority(PARAMS, wc.dataset)
     conda:
         ENV
     threads: PREPARE_THREADS

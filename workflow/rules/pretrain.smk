@@ -12,6 +12,7 @@ rule pretrain:
         f"{LOGS}/pretrain/{{method}}.log",
     benchmark:
         f"{BENCH}/pretrain/{{method}}.tsv"
+    priority: matrix.PRIORITY["pretrain"]
     conda:
         ENV
     threads: PRETRAIN_THREADS  # params.yaml resources.pretrain (per process) x pretrain.engine.devices

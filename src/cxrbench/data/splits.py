@@ -16,7 +16,6 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 
 def sklearn_three_way(ids: Sequence[Hashable], test_size: float | int, random_state: int = 0, name: str = "",
@@ -26,6 +25,8 @@ def sklearn_three_way(ids: Sequence[Hashable], test_size: float | int, random_st
     call is test. ``valid_size`` 0.5 (halves) is the reference; the demo moves held-out images from valid to test
     (a dataset option ``valid_size``). Too few ids for the split raise ``ValueError`` naming ``name``.
     """
+    from sklearn.model_selection import train_test_split  # here: only the reference splits need scikit-learn
+
     ids = list(ids)
     try:
         train, rest = train_test_split(ids, test_size=test_size, random_state=random_state)

@@ -4,7 +4,10 @@ Per optimiser step: ``grad_accum`` micro-batches, each ``loss / grad_accum`` bac
 the last one only), optional ``module.on_after_backward(step, total)``, gradient norm (clipped to ``clip_norm``),
 a non-finite loss or norm on any rank stops the run with :class:`FloatingPointError` before the optimiser touches
 the weights, then the optimiser step with the scheduled lr / weight decay and ``module.on_step_end(step, total)``.
-``out_dir/last.ckpt`` is written every ``ckpt_every`` steps, at every epoch end and at the end; a rerun resumes
+``out_dir/last.ckpt`` is written every ``ckpt_every`` steps, at every epoch end and at the end (each at most once per
+``ckpt_min_seconds``); the best epoch's weights are kept in memory and written to ``best.ckpt`` just before the
+checkpoint that follows them, so the two files on disk always agree; ``curves.csv`` is rewritten at most every
+``CURVES_SECONDS`` while training and always at the end. A rerun resumes
 from it exactly (model, optimiser, step, position in the epoch, the global RNG states and the state of every
 ``torch.Generator`` held as an attribute by the module, its submodules or the dataset, history, early-stopping
 state). Every checkpoint records the run's identity - the engine parameters that affect the result (precision and
@@ -49,6 +52,7 @@ from cxrbench.fingerprint import changed_keys, normalise
 
 log = logging.getLogger(__name__)
 #: engine parameters that never change what a fit computes (a changed value still resumes)
+CURVES_SECONDS = 10.0  # curves.csv while training: live progress for a long fit, not a file per epoch of a short one
 NON_SEMANTIC = ("progress", "ckpt_every", "ckpt_min_seconds", "num_workers")
 
 
@@ -97,6 +101,9 @@ class _Trainer:
                 find_unused_parameters=cfg.find_unused_parameters)
         self.last, self.best_path = out / "last.ckpt", out / "best.ckpt"
         self._saved_at = time.monotonic()  # for cfg.ckpt_min_seconds
+        self._curves_at = time.monotonic()  # for CURVES_SECONDS
+        self._best: dict[str, Any] | None = None  # the best epoch's weights, in memory until the next checkpoint
+        self._best_unsaved = False
         self.identity: dict[str, Any] = {}
         self._gens: dict[str, torch.Generator] | None = None
         self._last_loss: float | None = None
@@ -142,11 +149,24 @@ class _Trainer:
             self._gens = find_generators({"module": self.raw, "dataset": self.train_set})
         return self._gens
 
-    def _save(self, path: Path) -> None:
-        if self._too_soon():
+    def _write_curves(self, force: bool = False) -> None:
+        """curves.csv from the history (rank 0): at most every ``CURVES_SECONDS`` unless ``force``."""
+        if self.info.is_main and (force or time.monotonic() - self._curves_at >= CURVES_SECONDS):
             write_curves(self.out / "curves.csv", self.s["history"])
+            self._curves_at = time.monotonic()
+
+    def _persist_best(self) -> None:
+        """Write the in-memory best weights to best.ckpt (rank 0), before the checkpoint whose state they belong to."""
+        if self._best_unsaved and self._best is not None and self.info.is_main:
+            atomic_torch_save(self._best, self.best_path)
+        self._best_unsaved = False
+
+    def _save(self, path: Path, final: bool = False) -> None:
+        if self._too_soon():
+            self._write_curves(force=final)
             return
         self._saved_at = time.monotonic()
+        self._persist_best()
         mine = {**capture_rng(), "generators": {k: g.get_state() for k, g in self._generators().items()}}
         rngs = D.gather(mine, self.info)  # every rank takes part; rank 0 writes
         if not self.info.is_main:
@@ -157,7 +177,7 @@ class _Trainer:
         ckpt["saved_step"] = self.s["step"]
         atomic_torch_save(ckpt, path)
         self.s["saved_step"] = self.s["step"]
-        write_curves(self.out / "curves.csv", self.s["history"])
+        self._write_curves(force=True)
 
     def _too_soon(self) -> bool:
         """``ckpt_min_seconds``: skip a checkpoint this soon after the last one (a kill then costs at most that much
@@ -276,7 +296,7 @@ class _Trainer:
         bar.close()
         self.s["done"] = True
         self._flush_log()
-        self._save(self.last)
+        self._save(self.last, final=True)
 
     def _epoch_ended(self) -> bool:
         return self.s["batch_in_epoch"] + self.cfg.grad_accum > self.micro_per_epoch
@@ -347,8 +367,7 @@ class _Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.s["history"].append({"step": self.s["step"], "epoch": self.s["epoch"], "lr": lr, **means})
         self.s["acc"], self.s["acc_n"] = {}, 0
-        if self.info.is_main:
-            write_curves(self.out / "curves.csv", self.s["history"])
+        self._write_curves()
 
     # --------------------------------------------------------------------------------- validation and end
     def _validate(self) -> bool:
@@ -371,10 +390,11 @@ class _Trainer:
         value, best = metrics[self.cfg.monitor], self.s["best_metric"]
         if best is None or (value < best if self.cfg.mode == "min" else value > best):
             self.s["best_metric"], self.s["bad_epochs"] = value, 0
-            if self.info.is_main:
-                atomic_torch_save({"model": self._model_state(), "step": self.s["step"],
-                                   "epoch": epoch, "monitor": self.cfg.monitor, "metric": value,
-                                   "fingerprint": self.identity}, self.best_path)
+            if self.info.is_main:  # a copy: the weights move on; written with the next checkpoint (_persist_best)
+                weights = {k: v.detach().clone() for k, v in self._model_state().items()}
+                self._best = {"model": weights, "step": self.s["step"], "epoch": epoch,
+                              "monitor": self.cfg.monitor, "metric": value, "fingerprint": self.identity}
+                self._best_unsaved = True
             return False
         self.s["bad_epochs"] += 1
         return self.cfg.patience is not None and self.s["bad_epochs"] >= self.cfg.patience
@@ -382,8 +402,11 @@ class _Trainer:
     def _finish(self) -> FitResult:
         D.barrier(self.info)
         best = None
-        if self.val_fn is not None and self.best_path.is_file():
+        if self.val_fn is not None and self._best is not None:  # found in this process
+            self._load_model_state(self._best["model"], self.best_path)
+        elif self.val_fn is not None and self.best_path.is_file():  # found before a resume (or a finished run)
             self._load_model_state(load_checkpoint(self.best_path)["model"], self.best_path)
+        if self.val_fn is not None and self.best_path.is_file() and not self._best_unsaved:
             best = str(self.best_path)
         return FitResult(history=list(self.s["history"]), steps=self.s["step"],
                          best_metric=self.s["best_metric"], best_path=best)

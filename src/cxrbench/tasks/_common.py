@@ -201,8 +201,11 @@ class FrozenEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         with torch.no_grad():
             out = self.backbone(x)
-        pyramid = self.neck(out.pyramid) if self.neck is not None else list(out.pyramid)
-        return out.pooled, pyramid
+        return out.pooled, self.from_backbone(out.pyramid)
+
+    def from_backbone(self, pyramid: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The backbone's pyramid (computed now or read from the feature cache) through the trainable neck."""
+        return self.neck(list(pyramid)) if self.neck is not None else list(pyramid)
 
 
 def segmentation_strides(backbone: nn.Module) -> tuple[int, ...]:
@@ -382,6 +385,67 @@ def cache_key(fingerprint: str, store: Any, split: str, **view: Any) -> dict[str
         "store_size": int(store.size),
         **view,
     }
+
+
+@torch.no_grad()
+def backbone_pyramid(
+    backbone: nn.Module, image: torch.Tensor, size: int, normalize: Mapping[str, Any], levels: Sequence[int]
+) -> list[torch.Tensor]:
+    """image (B, 1, S, S) in [0, 1] -> the frozen ``backbone``'s pyramid ``levels`` [(B, C_i, h_i, w_i)] float32
+    on the CPU, on the deterministic view (resized to ``size``, the encoder's normalisation)."""
+    x = to_input(resize(image, size), normalize).to(device_of(backbone))
+    pyramid = backbone(x).pyramid
+    return [pyramid[i].float().cpu() for i in levels]
+
+
+def pyramid_bytes(backbone: nn.Module, size: int, normalize: Mapping[str, Any], levels: Sequence[int]) -> int:
+    """float32 bytes of the cached pyramid levels of one image."""
+    was = backbone.training
+    backbone.eval()
+    probe = torch.zeros(1, 1, size, size)
+    total = sum(t.numel() * 4 for t in backbone_pyramid(backbone, probe, size, normalize, levels))
+    backbone.train(was)
+    return total
+
+
+def cached_pyramid(
+    backbone: nn.Module,
+    cache: FeatureCache,
+    store: Any,
+    split: str,
+    *,
+    size: int,
+    normalize: Mapping[str, Any],
+    levels: Sequence[int],
+    batch_size: int = 64,
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """The frozen backbone's pyramid ``levels`` for every row of ``split`` (fraction 100), through ``cache``:
+    {"rows": (n,), "levels": [(n, C_i, h_i, w_i)]}. One entry per (encoder, store, split, view, levels), shared by
+    every fraction, seed and epoch of the tasks that read it (detection's neck, the frozen U-Net's evaluation)."""
+    key = cache_key(
+        fingerprint or encoder_fingerprint(backbone),
+        store,
+        split,
+        kind="pyramid",
+        image_size=int(size),
+        transform=f"resize{int(size)}",
+        normalize=dict(normalize),
+        levels=[int(i) for i in levels],
+    )
+    rows = np.asarray(store.rows(split, 100), dtype=np.int64)
+
+    def compute() -> dict[str, Any]:
+        was = backbone.training
+        backbone.eval()
+        parts: list[list[torch.Tensor]] = [[] for _ in levels]
+        for batch in batches(StoreDataset(store, rows), batch_size):
+            for k, level in enumerate(backbone_pyramid(backbone, batch["image"], size, normalize, levels)):
+                parts[k].append(level)
+        backbone.train(was)
+        return {"rows": torch.from_numpy(rows), "levels": [torch.cat(p) for p in parts]}
+
+    return cache.get(key, compute)
 
 
 def _digest(obj: Any, n: int) -> str:

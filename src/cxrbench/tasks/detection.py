@@ -30,12 +30,14 @@ from cxrbench.tasks._common import (
     FeatureCache,
     FrozenEncoder,
     StoreDataset,
+    backbone_pyramid,
     batches,
-    cache_key,
+    cached_pyramid,
     collate,
     device_of,
     encoder_fingerprint,
     engine_config,
+    pyramid_bytes,
     resize,
     resolve,
     row_index,
@@ -69,12 +71,9 @@ class DetectionModel(nn.Module):
         self.store_size = store_size
         self.levels = sorted(set(self.encoder.neck.sources))  # backbone pyramid levels the neck reads
 
-    @torch.no_grad()
     def backbone_levels(self, image: torch.Tensor) -> list[torch.Tensor]:
         """image (B, 1, S, S) in [0, 1] -> the backbone levels the neck reads, float32 on the CPU."""
-        x = to_input(resize(image, self.size), self.normalize).to(device_of(self.head))
-        pyramid = self.encoder.backbone(x).pyramid
-        return [pyramid[i].float().cpu() for i in self.levels]
+        return backbone_pyramid(self.encoder.backbone, image, self.size, self.normalize, self.levels)
 
     def outputs(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         if "levels" in batch:
@@ -121,35 +120,17 @@ class CachedLevels(torch.utils.data.Dataset):
 
 def level_bytes(model: DetectionModel) -> int:
     """float32 bytes of the cached levels of one image."""
-    with torch.no_grad():
-        probe = torch.zeros(1, 1, model.size, model.size)
-        return sum(t.numel() * 4 for t in model.backbone_levels(probe))
+    return pyramid_bytes(model.encoder.backbone, model.size, model.normalize, model.levels)
 
 
 def cached_levels(
     model: DetectionModel, cache: FeatureCache, fingerprint: str, store: Any, split: str, batch_size: int
 ) -> dict[str, Any]:
     """The neck's input levels for every row of ``split`` (fraction 100), through ``cache``."""
-    key = cache_key(
-        fingerprint,
-        store,
-        split,
-        kind="pyramid",
-        image_size=int(model.size),
-        transform=f"resize{model.size}",
-        normalize=dict(model.normalize),
-        levels=list(model.levels),
+    return cached_pyramid(
+        model.encoder.backbone, cache, store, split, size=model.size, normalize=model.normalize,
+        levels=model.levels, batch_size=batch_size, fingerprint=fingerprint,
     )
-    rows = np.asarray(store.rows(split, 100), dtype=np.int64)
-
-    def compute() -> dict[str, Any]:
-        parts: list[list[torch.Tensor]] = [[] for _ in model.levels]
-        for batch in batches(StoreDataset(store, rows), batch_size):
-            for k, level in enumerate(model.backbone_levels(batch["image"])):
-                parts[k].append(level)
-        return {"rows": torch.from_numpy(rows), "levels": [torch.cat(p) for p in parts]}
-
-    return cache.get(key, compute)
 
 
 @torch.no_grad()

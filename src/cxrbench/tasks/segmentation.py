@@ -25,15 +25,20 @@ from cxrbench.registry import TASKS
 from cxrbench.tasks import _predictions
 from cxrbench.tasks._base import NotApplicable, Task
 from cxrbench.tasks._common import (
+    FeatureCache,
     FrozenEncoder,
     StoreDataset,
     batches,
+    cached_pyramid,
     collate,
     device_of,
+    encoder_fingerprint,
     engine_config,
     positive_rows,
+    pyramid_bytes,
     resize,
     resolve,
+    row_index,
     save_npz_atomic,
     seeded,
     segmentation_strides,
@@ -135,9 +140,13 @@ class SegmentationModel(nn.Module):
         return [{"params": enc, "lr": float(lr if enc_lr is None else enc_lr), "weight_decay": weight_decay},
                 {"params": rest, "lr": float(lr), "weight_decay": weight_decay}]
 
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """image (B, 1, size, size) in [0, 1] -> logits (B, 1, size, size)."""
-        _, pyramid = self.encoder(to_input(image, self.normalize).to(device_of(self.decoder)))
+    def logits(self, image: torch.Tensor, levels: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """image (B, 1, size, size) in [0, 1] -> logits (B, 1, size, size). ``levels``: the frozen backbone's
+        pyramid of these images from the feature cache (:class:`CachedPyramid`), used instead of the encoder."""
+        if levels is not None:
+            pyramid = self.encoder.from_backbone([level.to(device_of(self.decoder)) for level in levels])
+        else:
+            _, pyramid = self.encoder(to_input(image, self.normalize).to(device_of(self.decoder)))
         return self.decoder(pyramid, out_size=(self.size, self.size))
 
     def inputs(self, batch: dict[str, Any], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,10 +157,31 @@ class SegmentationModel(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         img, mask = self.inputs(batch, self.training)
+        levels = None if self.training and self.p.get("augment", True) else batch.get("levels")
         loss = segmentation_loss(
-            self.logits(img), mask.to(device_of(self.decoder)), focal_weight=float(self.p.get("focal_weight", 10.0))
+            self.logits(img, levels), mask.to(device_of(self.decoder)),
+            focal_weight=float(self.p.get("focal_weight", 10.0)),
         )
         return {"loss": loss}
+
+
+class CachedPyramid(StoreDataset):
+    """Rows of a split as StoreDataset items ({"image", "mask", "row"}) plus "levels": the frozen backbone's pyramid
+    [(C_i, h_i, w_i)] of each image from a feature-cache entry (:func:`cached_pyramid`, the resized view)."""
+
+    def __init__(self, entry: dict[str, Any], store: Any, rows: np.ndarray, fields: tuple[str, ...]) -> None:
+        super().__init__(store, rows, fields)
+        idx = row_index(entry, self.rows)
+        self.levels = [level[idx] for level in entry["levels"]]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**super().__getitem__(i), "levels": [level[i] for level in self.levels]}
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate([{k: v for k, v in b.items() if k != "levels"} for b in batch])
+        out["levels"] = [torch.stack([b["levels"][k] for b in batch]) for k in range(len(batch[0]["levels"]))]
+        return out
 
 
 def example_rows(masks: np.ndarray, k: int) -> np.ndarray:
@@ -170,7 +200,7 @@ def predict(model: SegmentationModel, dataset: StoreDataset, batch_size: int) ->
     losses, probs, targets, images = [], [], [], []
     for batch in batches(dataset, batch_size):
         img, mask = model.inputs(batch, False)
-        logits = model.logits(img).cpu()
+        logits = model.logits(img, batch.get("levels")).cpu()
         losses.append(float(segmentation_loss(logits, mask)) * len(img))
         probs.append(torch.sigmoid(logits)[:, 0].numpy())
         targets.append(mask[:, 0].numpy())
@@ -197,6 +227,7 @@ class Segmentation(Task):
         if setting not in ("frozen_encoder", "encoder_decoder"):
             raise ValueError(f"evaluate.tasks.{self.name}.setting: {setting!r}; use frozen_encoder or encoder_decoder")
         self.requires_decoder = setting == "encoder_decoder"
+        self.cache = FeatureCache(params.get("cache_dir"))  # the frozen pyramid of the test view (``cached_sets``)
 
     def check(self, pretrained: Any) -> None:
         super().check(pretrained)
@@ -207,6 +238,30 @@ class Segmentation(Task):
             state, reason = decoder_state(pretrained.full_state, UNetDecoder(probe.channels, strides, chans))
             if state is None:
                 raise NotApplicable(f"segmentation encoder_decoder setting for method {pretrained.method!r}: {reason}")
+
+    def cached_sets(self, model: SegmentationModel, data: Any, sets: dict, p: dict) -> dict:
+        """With a frozen encoder the backbone's pyramid of the deterministic view is computed once per (encoder,
+        split) through the feature cache and shared by every fraction, seed, epoch and setting: the validation and
+        test splits always, the training split too when it is not augmented (``augment: false``). A trainable
+        encoder, ``feature_cache: false``, or a split whose levels exceed ``feature_cache_max_gb`` streams images
+        through the encoder instead (the same numbers, up to float rounding)."""
+        if p.get("encoder_trainable", False) or not p.get("feature_cache", True):
+            return sets
+        backbone = model.encoder.backbone
+        levels = list(range(len(backbone.pyramid_strides)))
+        limit = float(p.get("feature_cache_max_gb", 4.0)) * 1e9
+        cached = ["valid", "test"] if p.get("augment", True) else ["train", "valid", "test"]
+        per_image = pyramid_bytes(backbone, model.size, model.normalize, levels)
+        if max(len(data.rows(s, 100)) for s in cached) * per_image > limit:
+            return sets
+        fingerprint = encoder_fingerprint(backbone)
+        out = dict(sets)
+        for split in cached:
+            entry = cached_pyramid(backbone, self.cache, data, split, size=model.size, normalize=model.normalize,
+                                   levels=levels, batch_size=int(p.get("feature_batch_size", 64)),
+                                   fingerprint=fingerprint)
+            out[split] = CachedPyramid(entry, data, sets[split].rows, sets[split].fields)
+        return out
 
     def train_rows(self, data: Any, fraction: int, seed: int, p: dict) -> np.ndarray:
         if str(data.name) in p.get("balanced_train_datasets", ["siim"]):
@@ -228,6 +283,7 @@ class Segmentation(Task):
         self.n = {s: len(d) for s, d in sets.items()}
         with seeded(seed):
             model = SegmentationModel(pretrained.backbone, p, size, pretrained.normalize, seed)
+        sets = self.cached_sets(model, data, sets, p)
         if p.get("setting", "frozen_encoder") == "encoder_decoder":
             model.decoder.load_state_dict(decoder_state(pretrained.full_state, model.decoder)[0])
         cfg = engine_config(p, monitor="val_loss", mode="min")
@@ -238,7 +294,7 @@ class Segmentation(Task):
             cfg,
             Path(out_dir) / "train",
             seed=seed,
-            collate_fn=collate,
+            collate_fn=getattr(sets["train"], "collate", collate),
             val_fn=lambda m: {"val_loss": predict(m, sets["valid"], eval_bs)[0]},
         )
         _, prob, target, images = predict(model, sets["test"], eval_bs)
