@@ -12,9 +12,26 @@ def test_run_count_is_the_product_of_the_lists(params):
         f = len(tasks[task].get("fractions", params["matrix"]["fractions"]))
         s = len(tasks[task].get("seeds", params["matrix"]["seeds"]))
         expected += m * len(tasks[task]["datasets"]) * f * s
-    # by hand, per method: linear 3 datasets x 3 fractions x 3 seeds = 27, finetune / segmentation / _ed / _ft 3 each,
-    # detection 2 x 3 = 6, zero-shot 4, grounding 3, metadata 2 x 3 = 6, report generation 1 -> 59; x 5 methods
-    assert len(matrix.runs(params)) == expected == 295
+    # by hand, per method: linear 3 datasets x 3 fractions x 3 seeds = 27, finetune / segmentation / _ed 3 each,
+    # detection 1 x 3 = 3, zero-shot 4, grounding 3, metadata 2 x 3 = 6 -> 52; x 5 methods
+    assert len(matrix.runs(params)) == expected == 260
+
+
+def test_the_extended_demo_adds_three_cells(params):
+    """workflow/params/demo_extended.yaml: + segmentation_ft (3 runs), report generation (1) and Object-CXR detection
+    (3) per method = 59 per method, 295 in all."""
+    from pathlib import Path
+
+    import yaml
+
+    from cxrbench import config
+
+    overlay = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/params/demo_extended.yaml").read_text())
+    extended = config.validate_params(config.merge(params, overlay))
+    added = set(matrix.runs(extended)) - set(matrix.runs(params))
+    assert len(matrix.runs(extended)) == 295 and len(added) == 35
+    assert {(r.task, r.dataset) for r in added} == {("segmentation_ft", "siim"), ("report_generation", "mimic"),
+                                                   ("detection", "object_cxr")}
 
 
 def test_runs_are_unique_sorted_and_deterministic(params):
@@ -49,7 +66,7 @@ def test_datasets_include_corpus_and_dependencies(params):
 
 def test_targets_cover_every_phase(params):
     t = matrix.targets(params)
-    assert len(t["evaluate"]) == 295  # test_run_count_is_the_product_of_the_lists counts them by hand
+    assert len(t["evaluate"]) == 260  # test_run_count_is_the_product_of_the_lists counts them by hand
     assert t["pretrain"] == [f"data/checkpoints/{m}" for m in params["matrix"]["methods"]]
     assert "results/report/summary.json" in t["report"]
     assert len(matrix.all_targets(params)) == sum(len(v) for v in t.values())

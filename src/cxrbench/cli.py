@@ -185,7 +185,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     params = _resolved(args, lambda full: full)
     runs_dir = Path(args.runs or params["paths"]["runs"])
-    files = build_report(params, runs_dir, Path(args.out or params["paths"]["report"]))
+    files = build_report(params, runs_dir, Path(args.out or params["paths"]["report"]), workers=args.workers)
     print("\n".join(str(f) for f in files))
     return 0
 
@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "tables (published vs reproduced), figures and summary metrics", True)
     p.add_argument("--runs", help="root of the run directories (default: paths.runs)")
     p.add_argument("--out", help="report directory (default: paths.report)")
+    p.add_argument("--workers", type=int, default=1, help="2: the figures drawn in a second process (default 1)")
     p = add("audit", cmd_audit, "contamination audit: test images and patients each pretraining corpus holds", True)
     p.add_argument("--out", help="result file (default: <audit.out>/contamination.json)")
     p = add("use-params", cmd_use_params, "merge a parameter set (e.g. workflow/params/paper.yaml) into params.yaml")

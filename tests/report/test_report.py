@@ -157,7 +157,7 @@ def test_demo_scale_says_so_and_drops_the_difference(small, tmp_path):
 def test_report_writes_every_listed_file(small, tmp_path):
     _write_runs(small, tmp_path / "runs", predictions=True)
     small["paths"]["report"] = "results/report"
-    files = build_report(small, tmp_path / "runs", tmp_path / "report")
+    files = build_report(small, tmp_path / "runs", tmp_path / "report", workers=2)  # figures in a spawned process
     listed = {str(tmp_path / "report" / v.removeprefix("results/report/"))
               for v in matrix.report_files(small).values()}
     assert {str(f) for f in files} == listed

@@ -19,4 +19,4 @@ rule report:
         cfg=lambda wc: as_arg(matrix.report_params(PARAMS)),
         cli=CLI,
     shell:
-        "OMP_NUM_THREADS={threads} {params.cli} report --resolved {params.cfg} > {log} 2>&1"
+        "OMP_NUM_THREADS=1 {params.cli} report --workers {threads} --resolved {params.cfg} > {log} 2>&1"

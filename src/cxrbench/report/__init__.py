@@ -150,9 +150,19 @@ def _plots(files: Mapping[str, Path], summary: pd.DataFrame, curves: pd.DataFram
     _write(files["plot_efficiency"], wide.to_csv(index=False))
 
 
-def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, with_figures: bool = True) -> list[Path]:
+def render_figures(params: Mapping[str, Any], runs_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame,
+                   files: Mapping[str, Path]) -> None:
+    """Every figure of :func:`figure_functions` to its PNG and SVG."""
+    for name, make in figure_functions(params, runs_dir, summary, curves).items():
+        _save_figure(make(), files[f"figure_{name}_png"], files[f"figure_{name}_svg"])
+
+
+def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, with_figures: bool = True,
+                 workers: int = 1) -> list[Path]:
     """Write every report file (see the module docstring) under ``out_dir``; returns their paths
-    (``with_figures=False``: everything but the figures, for tests of the tables)."""
+    (``with_figures=False``: everything but the figures, for tests of the tables). ``workers`` >= 2: the figures
+    are drawn in a second process while this one computes the bootstrap comparisons and writes the tables (the
+    report is the DAG's last job, alone on the machine; its figures are a third of its time)."""
     cfg = params.get("report", {})
     ctx = context(params)
     demo = ctx["scale"] == "demo"
@@ -165,6 +175,45 @@ def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, wi
     methods = list(params["matrix"]["methods"])
     files = {k: Path(out_dir) / Path(v).relative_to(params["paths"]["report"])
              for k, v in matrix.report_files(params).items()}
+    curves = pretrain_curves(params)
+    drawing = _start_figures(params, runs_dir, summary, curves, files, workers) if with_figures else None
+    try:
+        _write_tables(params, ctx, demo, long, preds, boot, summary, published, rows, methods, files, curves)
+    finally:
+        if drawing is not None:
+            _finish_figures(drawing, params, runs_dir, summary, curves, files)
+    if not with_figures:
+        return [f for k, f in files.items() if not k.startswith("figure_")]
+    return list(files.values())
+
+
+def _start_figures(params: Mapping[str, Any], runs_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame,
+                   files: Mapping[str, Path], workers: int) -> Any:
+    """A future drawing the figures in a second process (``workers`` >= 2; spawned, not forked: this process may
+    hold OpenMP threads), else "here": :func:`_finish_figures` then draws them in this process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers < 2:
+        return "here"
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    future = pool.submit(render_figures, dict(params), runs_dir, summary, curves, dict(files))
+    pool.shutdown(wait=False)
+    return future
+
+
+def _finish_figures(drawing: Any, params: Mapping[str, Any], runs_dir: Path, summary: pd.DataFrame,
+                    curves: pd.DataFrame, files: Mapping[str, Path]) -> None:
+    if drawing == "here":
+        render_figures(params, runs_dir, summary, curves, files)
+    else:
+        drawing.result()  # re-raises the worker's error
+
+
+def _write_tables(params: Mapping[str, Any], ctx: dict, demo: bool, long: pd.DataFrame, preds: Any,
+                  boot: pd.DataFrame, summary: pd.DataFrame, published: Any, rows: Any, methods: list[str],
+                  files: Mapping[str, Path], curves: pd.DataFrame) -> None:
+    """The tables, scorecard, comparisons, runs.csv, summary.json, curves and DVC plot data."""
     cards = []
     for spec in tables.TABLES:
         table, reasons = tables.paper_table(spec, published, summary, long, rows, methods)
@@ -190,11 +239,5 @@ def build_report(params: Mapping[str, Any], runs_dir: Path, out_dir: Path, *, wi
     merged = long.merge(boot, on=[*runs.KEYS, "metric"], how="left") if len(boot) else long
     _write(files["runs_csv"], merged.to_csv(index=False))
     _write(files["summary"], json.dumps(summary_metrics(summary), indent=2, sort_keys=True))
-    curves = pretrain_curves(params)
     _write(files["curves"], curves.to_csv(index=False))
     _plots(files, summary, curves)
-    if not with_figures:
-        return [f for k, f in files.items() if not k.startswith("figure_")]
-    for name, make in figure_functions(params, runs_dir, summary, curves).items():
-        _save_figure(make(), files[f"figure_{name}_png"], files[f"figure_{name}_svg"])
-    return list(files.values())
