@@ -139,43 +139,82 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         templates = [matrix.RunTemplate(args.task, args.dataset, args.fraction, args.seed)]
     tasks = sorted({t.task for t in templates})
     resolved = _resolved(args, lambda params: {t: config.task_params(params, t) for t in tasks})  # task -> params
-    done: dict[str, Path] = {}  # work key -> the run directory of this job that computed it
-    failed = [t.spec() for t in templates if not _evaluate_one(args, t, resolved[t.task], done)]
+    if not args.runs:  # one run: its error is the command's error
+        _evaluate_one(args, templates[0], resolved[templates[0].task])
+        return 0
+    failed = _evaluate_batch(args, templates, resolved)
     if failed:
         print(f"cxrbench evaluate: {len(failed)} of {len(templates)} runs failed: {' '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _evaluate_one(args: argparse.Namespace, t: Any, task_params: dict[str, Any], done: dict[str, Path]) -> bool:
-    """Run ``t``; in a batch (``--runs``), a run whose work key (``evaluate.work_key``) an earlier run of this job
-    already computed is written from that run instead (the same computation: the demo's 1% and 10% fractions
-    are the same rows)."""
-    import traceback
+def _evaluate_batch(args: argparse.Namespace, templates: list[Any], resolved: dict[str, Any]) -> list[str]:
+    """A chunk of runs (``--runs``) through :mod:`cxrbench.batch`: duplicates written from the run they repeat,
+    cells heaviest first, ``--processes`` forked workers (OMP threads split among them)."""
+    import os
 
+    from cxrbench import batch
+    from cxrbench.evaluate import reuse_run, work_key
+    from cxrbench.registry import TASKS
+
+    procs = int(args.processes or 1)
+    if procs < 1:
+        raise config.ParamsError(f"evaluate --processes must be >= 1, got {procs}")
+    threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1) // procs)
+
+    def key_of(t: Any) -> str | None:
+        try:
+            return work_key(t.task, _data_dir(args, t), t.dataset, t.fraction, t.seed, resolved[t.task])
+        except Exception:  # noqa: BLE001 - computed, not reused: the run itself then reports what is wrong
+            return None
+
+    def reuse_one(t: Any, source: Any) -> bool:
+        result = reuse_run(_out_dir(args, source), _out_dir(args, t), t.fraction)
+        print(f"{t.spec()}: " + config.dumps({k: result[k] for k in ("status", "metrics") if k in result}))
+        return True
+
+    return batch.run_batch(templates, lambda t: _evaluate_one(args, t, resolved[t.task]), reuse_one, key_of,
+                           lambda task: float(getattr(TASKS.get(task), "relative_cost", 1.0)), processes=procs,
+                           warm_up=lambda: _warm_up(args, templates, resolved), threads_per_process=threads)
+
+
+def _warm_up(args: argparse.Namespace, templates: list[Any], resolved: dict[str, Any]) -> None:
+    """What every run of the chunk needs, loaded once before workers fork: the task modules, the stores and the
+    checkpoint (the forms its tasks use)."""
+    import contextlib
+
+    from cxrbench.evaluate import load_pretrained, needs_full_model, open_dataset
+    from cxrbench.registry import TASKS
+
+    forms = set()
+    for t in templates:
+        with contextlib.suppress(Exception):  # what fails here fails again in its run, which reports it
+            forms.add(needs_full_model(TASKS.get(t.task)(resolved[t.task])))
+            open_dataset(_data_dir(args, t))
+    for full in sorted(forms):
+        with contextlib.suppress(Exception):
+            load_pretrained(Path(args.ckpt), full=full)
+
+
+def _data_dir(args: argparse.Namespace, t: Any) -> Path:
+    return Path(args.data) if args.data else Path(args.prepared) / t.dataset
+
+
+def _out_dir(args: argparse.Namespace, t: Any) -> Path:
     from cxrbench import matrix
-    from cxrbench.evaluate import reuse_run, run_evaluation, work_key
 
     run = matrix.Run(args.method, t.task, t.dataset, t.fraction, t.seed)
-    out = Path(args.out) if args.out else Path(run.directory(args.runs_root))
-    data = Path(args.data) if args.data else Path(args.prepared) / t.dataset
-    call = dict(ckpt_dir=Path(args.ckpt), task=t.task, dataset_dir=data, dataset=t.dataset, fraction=t.fraction,
-                seed=t.seed, task_params=task_params, out_dir=out, method=args.method,
-                cache_dir=Path(args.cache) if args.cache else None)
-    if not args.runs:  # one run: its error is the command's error
-        result = run_evaluation(**call)
-    else:
-        try:
-            key = work_key(t.task, data, t.dataset, t.fraction, t.seed, task_params)
-            if key is not None and key in done and (done[key] / "metrics.json").is_file():
-                result = reuse_run(done[key], out, t.fraction)
-            else:
-                result = run_evaluation(**call)
-                if key is not None:
-                    done[key] = out
-        except Exception:  # one failed run of a chunk must not cost the others theirs
-            print(f"cxrbench evaluate: run {t.spec()} failed:\n{traceback.format_exc()}", file=sys.stderr)
-            return False
+    return Path(args.out) if args.out else Path(run.directory(args.runs_root))
+
+
+def _evaluate_one(args: argparse.Namespace, t: Any, task_params: dict[str, Any]) -> bool:
+    """Run ``t`` and print its status and metrics."""
+    from cxrbench.evaluate import run_evaluation
+
+    result = run_evaluation(ckpt_dir=Path(args.ckpt), task=t.task, dataset_dir=_data_dir(args, t), dataset=t.dataset,
+                            fraction=t.fraction, seed=t.seed, task_params=task_params, out_dir=_out_dir(args, t),
+                            method=args.method, cache_dir=Path(args.cache) if args.cache else None)
     print(f"{t.spec()}: " + config.dumps({k: result[k] for k in ("status", "metrics") if k in result}))
     return True
 
@@ -301,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=int, help="one run's training fraction (percent)")
     p.add_argument("--seed", type=int, help="one run's seed")
     p.add_argument("--cache", help="feature cache directory (default data/features)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="with --runs: worker processes forked after the start-up (evaluate.processes; default 1)")
     p = add("report", cmd_report, "tables (published vs reproduced), figures and summary metrics", True)
     p.add_argument("--runs", help="root of the run directories (default: paths.runs)")
     p.add_argument("--out", help="report directory (default: paths.report)")

@@ -86,8 +86,8 @@ def run_pretrain(
     recorded = resolved_engine_params(dict(engine_params))  # precision: the resolved value + precision_requested
     fp = pretrain_fingerprint(method, params, recorded, Path(data_dir) if m.trains() else None)
     if m.trains():
-        from cxrbench.data.recipes import content_boxes
         from cxrbench.data.loader import ImageDataset, collate
+        from cxrbench.data.recipes import content_boxes
         from cxrbench.data.store import PreparedDataset
         from cxrbench.engine import EngineConfig, fit
         from cxrbench.methods._common import attach_content

@@ -1,7 +1,8 @@
 # The evaluate phase: one rule per chunk of a method's runs (cxrbench.matrix.evaluate_jobs), with the method as the
 # wildcard. `evaluate.runs_per_job` sets the chunk: 1 at paper scale (a cluster spreads the runs one per job), more in
-# the demo so that a job pays the Python start-up once for many small runs. Each run still writes its own run
-# directory (metrics.json, config.json); a job that fails loses only its own chunk.
+# the demo so that a job pays the Python start-up once for many small runs; `evaluate.processes` workers (at most
+# the job's threads) share that start-up (cxrbench.batch). Each run still writes its own run directory
+# (metrics.json, config.json); a job that fails loses only its own chunk.
 EVAL_JOBS = matrix.evaluate_jobs(PARAMS)
 
 
@@ -39,7 +40,9 @@ for j, chunk in enumerate(EVAL_JOBS):
             cache=PATHS["features"],
             root=constant(PATHS["runs"]),
             cli=CLI,
+            procs=min(int(PARAMS["evaluate"].get("processes", 1)), req["threads"]),
         shell:
             "OMP_NUM_THREADS={threads} {params.cli} evaluate --method {wildcards.method} --runs {params.runs}"
+            " --processes {params.procs}"
             " --ckpt {input.ckpt} --prepared {params.prepared} --runs-root {params.root} --cache {params.cache}"
             " --resolved {params.cfg} > {log} 2>&1"

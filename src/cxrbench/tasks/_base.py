@@ -31,6 +31,9 @@ class Task:
     fraction_is_store_rows: ClassVar[bool] = True
     #: whether the method must have a pretrained segmentation decoder (the encoder-decoder setting)
     requires_decoder: bool = False
+    #: a run's cost relative to a linear probe's, a scheduling hint only (``cxrbench.batch``: an evaluate job runs
+    #: its heaviest cells first); measured on the demo (CPU-s per run: linear ~1, fine-tuning ~15)
+    relative_cost: ClassVar[float] = 1.0
 
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params

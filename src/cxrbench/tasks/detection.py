@@ -163,6 +163,7 @@ def _flat(prefix: str, res: dict[str, Any]) -> dict[str, Any]:
 @TASKS.register("detection")
 class Detection(Task):
     name = "detection"
+    relative_cost = 10
     datasets = ("rsna", "object_cxr")
     metric_forms = {
         "mAP@reference": "MGCA mAP over IoU 0.40:0.05:0.75 (COCO 101-point, as torchmetrics): detections as MGCA "

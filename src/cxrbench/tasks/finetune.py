@@ -88,6 +88,7 @@ def predict(model: FinetuneModel, dataset: StoreDataset, batch_size: int) -> tup
 @TASKS.register("finetune")
 class Finetune(Task):
     name = "finetune"
+    relative_cost = 15
     datasets = ("nih",)
     metric_forms = CLASSIFICATION_FORMS
 

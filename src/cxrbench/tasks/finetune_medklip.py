@@ -145,6 +145,7 @@ def fraction_rows(store: Any, train: np.ndarray, fraction: int, p: Mapping[str, 
 class FinetuneMedKLIP(Finetune):
     fraction_is_store_rows = False  # its fractions are drawn over MedKLIP's train list, not the store's
     name = "finetune_medklip"
+    relative_cost = 15
     datasets = ("nih",)
 
     def check_method(self, method_cls: Any) -> None:

@@ -51,6 +51,7 @@ def ground_truth(data: Any, batch: dict[str, Any], size: int) -> torch.Tensor:
 @TASKS.register("grounding")
 class Grounding(Task):
     name = "grounding"
+    relative_cost = 1.5
     datasets = ("rsna", "siim", "ms_cxr")
     uses_fractions = False
     requires_text = True

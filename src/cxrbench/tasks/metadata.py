@@ -253,6 +253,7 @@ def standardise(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 @TASKS.register("metadata")
 class MetadataPrediction(Task):
     name = "metadata"
+    relative_cost = 2
     datasets = ("chexpert", "nih")
     metric_forms = FORMS
 

@@ -406,6 +406,7 @@ def score(vocab: Vocabulary, generated: Sequence[Sequence[int]], refs: Sequence[
 @TASKS.register("report_generation")
 class ReportGeneration(Task):
     name = "report_generation"
+    relative_cost = 15
     datasets = ("mimic",)
     metric_forms = {
         **text_metrics.FORMS,

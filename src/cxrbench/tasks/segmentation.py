@@ -213,6 +213,7 @@ def predict(model: SegmentationModel, dataset: StoreDataset, batch_size: int) ->
 @TASKS.register("segmentation")
 class Segmentation(Task):
     name = "segmentation"
+    relative_cost = 10
     datasets = ("siim", "rsna")
     metric_forms = {
         "Dice@reference": "MGCA image-wise Dice at prob > 0.5: empty GT scores 1 if the prediction is empty else 0; "

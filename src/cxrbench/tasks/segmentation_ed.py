@@ -21,6 +21,7 @@ from cxrbench.tasks.segmentation import Segmentation
 @TASKS.register("segmentation_ed")
 class SegmentationEncoderDecoder(Segmentation):
     name = "segmentation_ed"
+    relative_cost = 8
 
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__({**params, "setting": "encoder_decoder"})

@@ -29,6 +29,7 @@ from cxrbench.tasks.segmentation import Segmentation
 @TASKS.register("segmentation_ft")
 class SegmentationFinetuned(Segmentation):
     name = "segmentation_ft"
+    relative_cost = 13
 
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__({**params, "encoder_trainable": True})

@@ -54,6 +54,7 @@ def image_embeddings(
 @TASKS.register("zeroshot")
 class ZeroShotClassification(Task):
     name = "zeroshot"
+    relative_cost = 2.5
     datasets = ("rsna", "siim", "nih", "chexpert")
     uses_fractions = False
     requires_text = True
