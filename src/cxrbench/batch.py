@@ -124,9 +124,13 @@ _SHARED: dict[str, Any] = {}
 
 
 def _set_threads(n: int) -> None:
+    """A worker's thread budget for torch and for the BLAS / OpenMP pools numpy and scikit-learn use (without it
+    each of the workers would run as many BLAS threads as the job has cores: oversubscribed, spinning)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, int(n)))
+    threadpool_limits(max(1, int(n)))
 
 
 def _worker_cell(index: int) -> dict[str, bool]:

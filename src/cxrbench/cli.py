@@ -161,7 +161,7 @@ def _evaluate_batch(args: argparse.Namespace, templates: list[Any], resolved: di
     procs = int(args.processes or 1)
     if procs < 1:
         raise config.ParamsError(f"evaluate --processes must be >= 1, got {procs}")
-    threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1) // procs)
+    threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) // procs)  # per worker
 
     def key_of(t: Any) -> str | None:
         try:
