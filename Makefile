@@ -34,8 +34,9 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -m "not slow and not benchmark" $(PYTEST_ARGS)
 
+# --durations=0: every slow test's time in the log (CI must finish in 30 minutes: .ci/run)
 test-slow: install
-	$(BIN)/python -m pytest -m "slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow" --durations=0 $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m pytest -m benchmark --benchmark-enable --benchmark-columns=min,mean,ops tests $(PYTEST_ARGS)
