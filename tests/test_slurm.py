@@ -38,7 +38,7 @@ FAST = ["--slurm-init-seconds-before-status-checks", "2"]
 OVERLAY = {
     "resources": {rule: {"default": {"threads": 1, "mem_mb": 2000, "runtime": 20, "gpus": 0}}
                   for rule in ("generate_synthetic", "prepare", "pretrain", "evaluate", "report")},
-    "pretrain": {"engine": {"ckpt_every": 4}},
+    "pretrain": {"engine": {"ckpt_every": 4, "ckpt_min_seconds": 0}},  # a checkpoint at step 4, to cancel after
     "matrix": {"tasks": ["linear"], "fractions": [100]},
     "evaluate": {"tasks": {"linear": {"datasets": ["covidx"]}}},
 }

@@ -264,7 +264,7 @@ class _Trainer:
         if ck is not None:
             self._load(ck)
             if self.info.is_main:  # a resume is told from a fresh start in the job's log
-                log.warning("%s: resuming at optimiser step %d of %d", ck, self.s["step"], self.total)
+                log.warning("%s: resuming at optimiser step %d of %d", self.last, self.s["step"], self.total)
         else:
             self._clear_stale()
             self._seed_global(self.seed)
