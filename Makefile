@@ -15,11 +15,18 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The project's dependencies at the versions the rules' env pins (workflow/envs/cxrbench.yaml, the tested set), so
+# a new release upstream changes nothing until the pins move; `make install PINNED=` takes pyproject's ranges instead.
+# torch / torchvision stay out of the constraints: TORCH_SPEC picks them.
+PINNED ?= workflow/envs/cxrbench.yaml
+
+$(VENV)/.installed: pyproject.toml $(PINNED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(if $(PINNED),sed -n 's/^ *- \([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' $(PINNED) | grep -v -E '^(torch|torchvision)==' \
+		> $(VENV)/constraints.txt,: > $(VENV)/constraints.txt)
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
 demo: install

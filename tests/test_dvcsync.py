@@ -1,6 +1,7 @@
 import json
 import re
 
+import pytest
 import yaml
 
 from cxrbench import dvcsync
@@ -60,3 +61,64 @@ def test_offline_plots_page_has_no_script_and_draws_each_revision():
     assert page.count("<svg") == 1 and "<img src='dvc_plots/figure.png'" in page
     assert "workspace" in page and "HEAD" in page  # one line per revision, labelled in the legend
     assert dvcsync._encoding(spec) == {"x": "step", "y": "loss"}
+
+
+def test_whole_dag_built_only_for_the_default_target_without_restrictions():
+    assert dvcsync.whole_dag_built(frozenset(), frozenset(), frozenset(), frozenset(), frozenset())
+    assert dvcsync.whole_dag_built({"all"}, set(), default="all")
+    assert not dvcsync.whole_dag_built({"pretrain_all"}, set(), default="all")  # one phase: the dry run decides
+    assert not dvcsync.whole_dag_built({"all", "results/x"}, set(), default="all")
+    assert not dvcsync.whole_dag_built(set(), {"pretrain:method=g2d"}, default="all")  # --target-jobs
+    assert not dvcsync.whole_dag_built(set(), set(), {"pretrain"}, default="all")  # --until / --omit-from
+    assert not dvcsync.whole_dag_built(set(), set(), set(), set(), {"prepare"}, default="all")  # --allowed-rules
+    assert not dvcsync.whole_dag_built({"all"}, set(), default=None)
+
+
+def test_sync_after_the_whole_dag_commits_every_complete_stage_without_a_dry_run(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    stages = {"pretrain": {"cmd": "x", "outs": ["ck"]}, "report": {"cmd": "x", "outs": ["rep"]},
+              "audit": {"cmd": "x", "outs": ["missing"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "rep").mkdir()
+    calls = []
+    monkeypatch.setattr(dvcsync, "snakemake_up_to_date", lambda root, rule: calls.append(rule) or False)
+    done = type("Done", (), {"returncode": 0})
+    monkeypatch.setattr(dvcsync.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or done)
+    monkeypatch.delenv("CXRBENCH_UNDER_DVC", raising=False)
+    assert dvcsync.sync(tmp_path, all_built=True) == 0
+    assert calls == [["dvc", "commit", "--quiet", "--force", "pretrain", "report"]]  # no dry run; audit incomplete
+    calls.clear()
+    assert dvcsync.sync(tmp_path) == 0  # without it: asked, and Snakemake (here) says nothing is up to date
+    assert calls == ["all", "pretrain_all"]
+
+
+def test_overridden_keys_names_every_changed_leaf():
+    params = {"precision": "auto", "evaluate": {"engine": {"lr": 0.1, "epochs": 3}}, "seed": 0}
+    assert dvcsync.overridden_keys(params, params) == []
+    config = {"precision": "fp32", "evaluate": {"engine": {"lr": 0.1, "epochs": 5}}, "seed": 0, "extra": 1}
+    assert dvcsync.overridden_keys(config, params) == ["evaluate.engine.epochs", "extra", "precision"]
+
+
+def test_sync_args_from_the_snakemake_workflow(tmp_path):
+    (tmp_path / "params.yaml").write_text("precision: auto\nmatrix: {seeds: [0, 1]}\n")
+    settings = dict(targets=frozenset(), target_jobs=frozenset(), until=frozenset(), omit_from=frozenset(),
+                    allowed_rules=frozenset())
+    wf = type("Wf", (), {"dag_settings": type("DS", (), settings), "default_target": "all"})
+    same = {"precision": "auto", "matrix": {"seeds": [0, 1]}}
+    assert dvcsync.sync_args(wf, same, tmp_path / "params.yaml") == ["--all-built"]
+    over = {"precision": "fp32", "matrix": {"seeds": [0]}}
+    assert dvcsync.sync_args(wf, over, tmp_path / "params.yaml") == ["--all-built", "--overridden", "matrix.seeds",
+                                                                      "precision"]
+    old = type("OldWf", (), {})  # no dag_settings (Snakemake < 8): the dry run decides
+    assert dvcsync.sync_args(old, same, tmp_path / "params.yaml") == []
+
+
+def test_sync_commits_nothing_after_an_override(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"pretrain": {"cmd": "x", "outs": ["ck"]}}}))
+    (tmp_path / "ck").mkdir()
+    monkeypatch.delenv("CXRBENCH_UNDER_DVC", raising=False)
+    monkeypatch.setattr(dvcsync.subprocess, "run", lambda *a, **k: pytest.fail("dvc commit after an override"))
+    assert dvcsync.sync(tmp_path, all_built=True, overridden=["precision"]) == 0
+    assert "overrode params.yaml (precision)" in capsys.readouterr().err

@@ -285,7 +285,7 @@ def cmd_check_tree(args: argparse.Namespace) -> int:
 def cmd_dvc_sync(args: argparse.Namespace) -> int:
     from cxrbench.dvcsync import sync
 
-    return sync(Path.cwd())
+    return sync(Path.cwd(), all_built=args.all_built, overridden=args.overridden)
 
 
 def _add_params(p: argparse.ArgumentParser, resolved: bool = False) -> None:
@@ -352,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the parameter set to merge, e.g. workflow/params/ci.yaml")
     add("check-tree", cmd_check_tree, "fail (exit 3) when another Snakemake run holds this working tree (DVC stages "
         "ask before they run)")
-    add("dvc-sync", cmd_dvc_sync, "record in dvc.lock the phases Snakemake reports up to date (dvc commit)")
+    p = add("dvc-sync", cmd_dvc_sync, "record in dvc.lock the phases Snakemake reports up to date (dvc commit)")
+    p.add_argument("--all-built", action="store_true", help="the default target has just been built (the "
+                   "Snakefile's onsuccess): commit every complete phase without a Snakemake dry run")
+    p.add_argument("--overridden", nargs="*", default=[], metavar="KEY", help="keys the run's --config / "
+                   "--configfile changed from params.yaml: nothing is committed (dvc.lock records params.yaml)")
     return ap
 
 

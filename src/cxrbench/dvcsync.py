@@ -95,8 +95,47 @@ def export_dvclive(checkpoints: Path, out: Path) -> list[str]:
     return list(curves)
 
 
-def sync(root: Path, *, force: bool = True) -> int:
+def whole_dag_built(targets: Any, target_jobs: Any = (), *restrictions: Any, default: str | None = "all") -> bool:
+    """True when a Snakemake run that just succeeded has built the default target (``rule all``, which names every
+    phase's outputs): no targets, or only the default rule, and no ``--target-jobs`` / ``--until`` /
+    ``--omit-from`` / ``--allowed-rules`` restriction (``restrictions``). Then every phase is up to date and
+    :func:`sync` needs no dry run to say so (the dry run re-reads the whole DAG: ~13 s of the demo's end)."""
+    if target_jobs or any(restrictions):
+        return False
+    return not targets or (default is not None and set(targets) == {default})
+
+
+def overridden_keys(config: Any, params: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value in Snakemake's ``config`` differs from ``params`` (params.yaml as loaded): what a
+    ``--config key=value`` or an extra ``--configfile`` changed. DVC records params.yaml's values as the inputs of
+    each stage, so outputs built under an override must not be committed as if params.yaml had made them."""
+    if isinstance(config, dict) and isinstance(params, dict):
+        keys = sorted(set(config) | set(params), key=str)
+        return [k for key in keys for k in overridden_keys(config.get(key), params.get(key), f"{prefix}{key}.")]
+    return [] if config == params else [prefix.rstrip(".") or "<root>"]
+
+
+def sync_args(workflow: Any, config: Any, params_file: str | Path) -> list[str]:
+    """The ``dvc-sync`` options for the Snakefile's onsuccess: ``--all-built`` when the run built the default target
+    (:func:`whole_dag_built`, from Snakemake's ``workflow.dag_settings``; absent before Snakemake 8, then the dry run
+    decides) and ``--overridden KEY...`` for what ``--config`` / ``--configfile`` changed (:func:`overridden_keys`)."""
+    args = []
+    ds = getattr(workflow, "dag_settings", None)
+    if ds is not None and whole_dag_built(ds.targets, ds.target_jobs, ds.until, ds.omit_from, ds.allowed_rules,
+                                          default=getattr(workflow, "default_target", None)):
+        args.append("--all-built")
+    changed = overridden_keys(dict(config), yaml.safe_load(Path(params_file).read_text()))
+    if changed:
+        args += ["--overridden", *changed]
+    return args
+
+
+def sync(root: Path, *, force: bool = True, all_built: bool = False, overridden: list[str] | None = None) -> int:
     """``dvc commit`` the complete stages; returns the exit code of DVC (0 when there is nothing to do).
+    ``all_built``: the caller (the Snakefile's onsuccess) knows that the default target has just been built
+    (:func:`whole_dag_built`), so every complete stage is committed without asking Snakemake again.
+    ``overridden``: the keys that the run's ``--config`` / ``--configfile`` changed (:func:`overridden_keys`):
+    nothing is committed then (the dry run would not see them either).
     The pretraining curves are exported to DVCLive first (also under ``dvc repro``, whose stages skip the commit)."""
     if not (root / ".dvc").is_dir():
         print("dvc-sync: not a DVC repository (no .dvc/): nothing to record", file=sys.stderr)
@@ -109,8 +148,13 @@ def sync(root: Path, *, force: bool = True) -> int:
         print(f"dvc-sync: could not export the pretraining curves to {DVCLIVE_DIR}: {err}", file=sys.stderr)
     if os.environ.get("CXRBENCH_UNDER_DVC"):
         return 0
+    if overridden:
+        print(f"dvc-sync: dvc.lock left as it was: this run overrode params.yaml ({', '.join(overridden)}), and DVC "
+              "would record params.yaml's values for outputs built with others; put the values in params.yaml "
+              "(python -m cxrbench use-params FILE) to have a run recorded", file=sys.stderr)
+        return 0
     complete = [s for s in complete_stages(root) if s in PHASE_RULES]
-    if snakemake_up_to_date(root, PHASE_RULES["report"]):  # the default target names every phase's outputs
+    if all_built or snakemake_up_to_date(root, PHASE_RULES["report"]):  # the default target names every phase's outputs
         stages = complete
     else:
         stages = [s for s in complete if s != "report" and snakemake_up_to_date(root, PHASE_RULES[s])]

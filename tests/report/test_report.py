@@ -40,7 +40,8 @@ def _write_runs(p, runs_dir, predictions=False):
         if predictions and result["status"] == "ok":
             rng = np.random.default_rng(run.seed)
             y = rng.integers(0, 2, (60, 1))
-            _predictions.classification(d, np.arange(60), y, scores=0.4 * y + 0.6 * rng.random((60, 1)))
+            _predictions.classification(d, np.arange(60), y, scores=0.4 * y + 0.6 * rng.random((60, 1)),
+                                        labels=["Edema"])
 
 
 def _table(md: str) -> pd.DataFrame:
@@ -194,7 +195,7 @@ def test_resampled_metrics_equal_the_task_metrics_on_the_full_set(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (50, 3))
     s = rng.random((50, 3)) * 0.7 + 0.3 * y
-    _predictions.classification(tmp_path / "c", np.arange(50), y, scores=s)
+    _predictions.classification(tmp_path / "c", np.arange(50), y, scores=s, labels=["a", "b", "c"])
     st = resample.statistics(_predictions.load_predictions(tmp_path / "c"), ["a", "b", "c"])
     ref = auroc(y, s, ["a", "b", "c"])
     for key in ("AUROC", "AUROC/a", "AUROC/c"):
@@ -262,3 +263,36 @@ def test_mflag_table_shows_the_mflag_run_on_every_source_row():
     assert "M-FLAG" not in tab.index
     card = tables.scorecard(spec, load_published(), summ, published_rows(), demo=False)
     assert len(card) == 2 and card["inside"].eq(False).all()
+
+
+def test_a_per_label_interval_is_its_own_columns_whatever_the_names_sort_order(tmp_path):
+    """Columns [Zeta, Alpha]: Zeta perfectly separated (AUROC 1 on every resample), Alpha pure noise. metrics.json
+    sorts its keys (Alpha first), so names taken from it paired Zeta with Alpha's interval."""
+    from cxrbench.report import runs as report_runs
+
+    rng = np.random.default_rng(3)
+    y = np.stack([np.arange(80) % 2, rng.integers(0, 2, 80)], 1)
+    scores = np.stack([0.2 + 0.6 * y[:, 0], rng.random(80)], 1)
+    _predictions.classification(tmp_path, np.arange(80), y, scores=scores, labels=["Zeta", "Alpha"])
+    pred = _predictions.load_predictions(tmp_path)
+    assert report_runs.label_names(pred) == ["Zeta", "Alpha"]
+    run = matrix.Run("m", "linear", "d", 100, 0)
+    boot = report_runs.bootstrap({run: (pred, report_runs.label_names(pred))}, resamples=50, seed=0)
+    rows = boot.set_index("metric")
+    assert rows.loc["AUROC/Zeta", "boot_low"] == 1.0 and rows.loc["AUROC/Zeta", "boot_high"] == 1.0
+    assert rows.loc["AUROC/Alpha", "boot_low"] < 0.5 < rows.loc["AUROC/Alpha", "boot_high"] < 1.0
+    del pred["labels"]  # written before the names were stored: no per-label interval rather than a wrong one
+    assert report_runs.label_names(pred) == []
+    with pytest.raises(ValueError, match="2 label names for 3"):
+        _predictions.classification(tmp_path, np.arange(4), np.zeros((4, 3)), scores=np.zeros((4, 3)),
+                                    labels=["a", "b"])
+
+
+def test_every_nih_label_lands_in_a_published_table_3_column():
+    """Table 3's per-disease columns come from metrics.json's AUROC/<label> keys; NIH spells Pleural_Thickening,
+    the paper 'Pleural Thickening' (the column stayed empty before the names were mapped)."""
+    from cxrbench.data.formats.nih import LABELS
+
+    published = load_published()
+    columns = set(published[published["table"] == "Table 3"]["metric"])
+    assert {tables._published_metric(f"AUROC/{name}") for name in LABELS} == columns - {"AUROC"}

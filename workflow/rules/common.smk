@@ -45,7 +45,10 @@ def sync_dvc():
     in dvc.lock so `dvc status` agrees (that part skipped under `dvc repro`, which records them itself).
     """
     if os.path.isdir(".dvc"):
-        shell(f"{CLI} dvc-sync")
+        from cxrbench.dvcsync import sync_args
+
+        args = sync_args(workflow, config, "params.yaml")
+        shell(f"{CLI} dvc-sync {' '.join(shlex.quote(a) for a in args)}")
 
 
 def request(rule, name=None):

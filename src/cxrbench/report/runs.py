@@ -63,9 +63,11 @@ def collect(params: Mapping[str, Any], runs_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*KEYS, "status", "reason", "metric", "value"])
 
 
-def label_names(metrics: Mapping[str, Any]) -> list[str]:
-    """Label names in column order, from a run's ``AUROC/<name>`` keys (the task writes every label)."""
-    return [k.split("/", 1)[1] for k in metrics if k.startswith("AUROC/") and k != "AUROC/undefined"]
+def label_names(pred: Mapping[str, Any]) -> list[str]:
+    """The names of a classification run's prediction columns, in column order (``labels`` in predictions.npz).
+    Predictions written without them get no per-label intervals: the ``AUROC/<name>`` keys of metrics.json are
+    sorted by name, not in column order (taking them in that order paired each disease with another's interval)."""
+    return [str(n) for n in pred["labels"]] if "labels" in pred else []
 
 
 def predictions(params: Mapping[str, Any], runs_dir: Path) -> dict[matrix.Run, tuple[dict, list[str]]]:
@@ -74,8 +76,7 @@ def predictions(params: Mapping[str, Any], runs_dir: Path) -> dict[matrix.Run, t
     for run in matrix.runs(params):
         pred = load_predictions(run.directory(str(runs_dir)))
         if pred is not None:
-            names = label_names(_read(Path(run.metrics_path(str(runs_dir)))).get("metrics") or {})
-            out[run] = (pred, names)
+            out[run] = (pred, label_names(pred))
     return out
 
 

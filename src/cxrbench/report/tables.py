@@ -98,8 +98,10 @@ def published_cells(published: pd.DataFrame, spec: PaperTable) -> pd.DataFrame:
 
 
 def _published_metric(metric: str) -> str | None:
+    """A metrics.json key in the published tables' naming; a label's underscores are the dataset's spelling
+    (NIH ``Pleural_Thickening``), the papers print spaces."""
     if metric.startswith("AUROC/"):
-        return "AUROC:" + metric.split("/", 1)[1]
+        return "AUROC:" + metric.split("/", 1)[1].replace("_", " ")
     return METRIC_NAMES.get(metric)
 
 

@@ -3,7 +3,8 @@
 One compact ``predictions.npz`` per run (written atomically) holding what a resample of the test images needs and
 nothing else: the manifest row index of every test image (never a path or patient id) and
 
-- classification (``kind="classification"``): ``scores`` (N, K) probabilities, ``targets`` (N, K) binary;
+- classification (``kind="classification"``): ``scores`` (N, K) probabilities, ``targets`` (N, K) binary,
+  ``labels`` (K,) the column names;
 - segmentation: per-image pixel counts at the metric's threshold, ``inter``, ``pred``, ``gt`` (N,), and the
   evaluation ``batch_size`` the reference Dice averages over;
 - detection: the detections the metric sees (score >= conf_threshold, at most max_dets per image, score-sorted)
@@ -37,10 +38,14 @@ def save_predictions(out_dir: str | Path, kind: str, rows: Any, **arrays: Any) -
     return path
 
 
-def classification(out_dir: str | Path, rows: Any, targets: Any, *, scores: Any = None, logits: Any = None,
-                   multiclass: bool = False) -> Path:
+def classification(out_dir: str | Path, rows: Any, targets: Any, *, labels: Sequence[str], scores: Any = None,
+                   logits: Any = None, multiclass: bool = False) -> Path:
     """targets (N, K); ``scores`` (N, K) probabilities, or ``logits`` (N, K) turned into sigmoid (multi-label)
-    or softmax (multi-class) probabilities, as the metric scores them."""
+    or softmax (multi-class) probabilities, as the metric scores them; ``labels``: the K column names, stored as
+    ``labels`` so that a per-label interval is the interval of its own column (metrics.json sorts its keys)."""
+    labels = [str(n) for n in labels]
+    if len(labels) != np.shape(targets)[1]:
+        raise ValueError(f"{len(labels)} label names for {np.shape(targets)[1]} prediction columns: {labels}")
     if scores is None:
         z = np.asarray(logits, dtype=np.float64)
         if multiclass:
@@ -49,7 +54,8 @@ def classification(out_dir: str | Path, rows: Any, targets: Any, *, scores: Any 
         else:
             scores = 1.0 / (1.0 + np.exp(-z))
     return save_predictions(out_dir, "classification", rows, scores=np.asarray(scores, dtype=np.float32),
-                            targets=(np.asarray(targets) > 0.5).astype(np.uint8), multiclass=bool(multiclass))
+                            targets=(np.asarray(targets) > 0.5).astype(np.uint8), multiclass=bool(multiclass),
+                            labels=np.asarray(labels, dtype=str))
 
 
 def segmentation(out_dir: str | Path, rows: Any, prob: Any, target: Any, *, batch_size: int,

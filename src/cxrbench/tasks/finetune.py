@@ -132,5 +132,6 @@ class Finetune(Task):
             fingerprint=self.fit_fingerprint(p),
         )
         _, y, logits = predict(model, sets["test"], bs)
-        _predictions.classification(out_dir, sets["test"].rows, y, logits=logits, multiclass=multiclass)
+        _predictions.classification(out_dir, sets["test"].rows, y, logits=logits, labels=names,
+                                    multiclass=multiclass)
         return classification_metrics(y, logits, names, multiclass)

@@ -139,5 +139,5 @@ class LinearProbe(Task):
         fit(head, train_set, cfg, Path(out_dir) / "train", seed=seed, val_fn=val_fn)
         _, logits = evaluate_head(head, *xy["test"])
         _predictions.classification(out_dir, data.rows("test", 100), xy["test"][1].numpy(), logits=logits,
-                                    multiclass=multiclass)
+                                    labels=names, multiclass=multiclass)
         return classification_metrics(xy["test"][1].numpy(), logits, names, multiclass)

@@ -85,5 +85,5 @@ class ZeroShotClassification(Task):
         )
         scores = pair_scores(img, pos, neg, float(p.get("temperature", 1.0))).numpy()
         y = binary_labels(data.labels(rows), float(p.get("uncertain_as", 1.0)))
-        _predictions.classification(out_dir, rows, y, scores=scores)
+        _predictions.classification(out_dir, rows, y, scores=scores, labels=names)
         return multilabel_zero_shot(y, scores, names)
