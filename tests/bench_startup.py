@@ -7,7 +7,7 @@ benchmark times a subprocess that imports exactly what that phase's command impo
 module, every task of the demo matrix and every method) and exits. ``extra_info`` records the seconds per job of each
 phase, the demo's job count per phase (from the functions the Snakefile uses) and the share of the 8-minute, 2-core
 budget that all jobs' start-ups take. The assertion is on that share, not on a time: at most 35% (measured here: ~5 s
-for a data job, ~10 s for an evaluate job, ~25% in all), where one job per run (320 evaluate jobs) would be several
+for a data job, ~10 s for an evaluate job, ~25% in all), where one job per run (290 evaluate jobs) would be several
 times the whole budget: what batching runs into one job (``evaluate.runs_per_job``) buys.
 """
 

@@ -37,7 +37,7 @@ def test_env_python_matches_requires_python(root):
 
 
 def test_env_pins_equal_the_installed_versions(root):
-    """The env file pins what `make install` installs (it takes the pins as constraints), not only what pyproject allows."""
+    """The env file pins what `make install` installs (the pins are its constraints), not only what pyproject allows."""
     import sys
     from importlib.metadata import PackageNotFoundError, version
 

@@ -56,7 +56,7 @@ def test_dvc_params_exist_in_params_yaml(root, params):
                 node = node[part]
 
 
-@pytest.mark.slow  # a Snakemake plan of the 320-run demo matrix, ~13 s: make test stays under 3 minutes
+@pytest.mark.slow  # a Snakemake plan of the 290-run demo matrix, ~13 s: make test stays under 3 minutes
 def test_snakemake_plans_exactly_the_matrix(root, params):
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "--summary", "--cores", "1", "--nolock"],
@@ -112,7 +112,7 @@ def _dry_run_jobs(root: Path, workdir: Path, devices: int | None = None) -> list
     return jobs
 
 
-@pytest.mark.slow  # a Snakemake plan of the 320-run demo matrix, ~13 s: make test stays under 3 minutes
+@pytest.mark.slow  # a Snakemake plan of the 290-run demo matrix, ~13 s: make test stays under 3 minutes
 def test_requests_from_params_torchrun_for_devices_and_jobs_run_from_any_directory(root, tmp_path):
     """One dry run from another directory with pretrain.engine.devices = 3: every job's request comes from params.yaml
     `resources`, trained methods launch torchrun with 3 processes (threads per process x 3), and every command

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,11 @@ def sync(root: Path, *, force: bool = True, all_built: bool = False, overridden:
         return 0
     cmd = ["dvc", "commit", "--quiet", *(["--force"] if force else []), *stages]
     print("dvc-sync:", " ".join(cmd), file=sys.stderr)
-    return subprocess.run(cmd, cwd=root, check=False).returncode
+    start = time.perf_counter()
+    code = subprocess.run(cmd, cwd=root, check=False).returncode
+    print(f"dvc-sync: dvc commit {'done' if code == 0 else f'failed (exit {code})'} in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return code
 
 
 def _svg(plot_id: str, specs: list[dict]) -> str:

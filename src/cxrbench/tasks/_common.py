@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.models.necks import neck_for
+from cxrbench.tasks._predictions import save_npz_atomic  # noqa: F401 - re-exported: the tasks' atomic npz writer
 
 log = logging.getLogger(__name__)
 STALE_WITH = ("data", "code", "n_rows", "store_size")  # key entries whose change makes a slot's older entry stale
@@ -517,16 +517,6 @@ def prompt_pair(label: str, templates: Mapping[str, str] | None = None) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-
-
-def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez_compressed to ``path`` through a temporary file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def nan_to_none(metrics: Mapping[str, Any]) -> dict[str, Any]:

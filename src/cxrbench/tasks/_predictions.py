@@ -18,16 +18,27 @@ gallery.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrbench.tasks._common import save_npz_atomic
-
 FILENAME = "predictions.npz"
 EXAMPLES = "examples.npz"
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez_compressed to ``path`` through a temporary file and os.replace (torch-free: the report imports
+    this module, and needs no torch)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def save_predictions(out_dir: str | Path, kind: str, rows: Any, **arrays: Any) -> Path:
