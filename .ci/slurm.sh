@@ -4,7 +4,9 @@
 #   bash .ci/slurm.sh up        writes /etc/slurm/{slurm.conf,gres.conf}, starts munged, slurmctld, slurmd; waits for
 #                               the node to be idle. One partition `debug` (the default), no accounting (no slurmdbd:
 #                               Snakemake must ask squeue for job states), one fake GPU (gres.conf File=/dev/null).
-#   bash .ci/slurm.sh down      stops the three daemons this script started (by the pids it recorded)
+#   bash .ci/slurm.sh down      stops the three daemons this script started (by the pids it recorded) and takes its
+#                               config away again (a config left behind pointing at a stopped controller makes every
+#                               `scontrol` wait ~9 s, and Snakemake's SLURM plugin runs one at each start, even locally)
 # The config must live at /etc/slurm/slurm.conf: job steps do not see SLURM_CONF.
 set -euo pipefail
 STATE=/run/cxrbench-slurm
@@ -22,6 +24,11 @@ write_conf() {
   cpus=$(nproc)
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)  # leave headroom for the head process
   mkdir -p "$CONF" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm "$STATE"
+  for f in slurm.conf gres.conf; do  # a config this script did not write is kept aside and put back by `down`
+    if [ -e "$CONF/$f" ] && ! grep -q '^# written by cxrbench' "$CONF/$f" && [ ! -e "$STATE/$f.orig" ]; then
+      cp -p "$CONF/$f" "$STATE/$f.orig"
+    fi
+  done
   cat >"$CONF/slurm.conf" <<EOF
 # written by cxrbench .ci/slurm.sh: a single-node test cluster on loopback
 ClusterName=cxrbench
@@ -51,7 +58,7 @@ SchedulerType=sched/backfill
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  echo "NodeName=$host Name=gpu File=/dev/null" >"$CONF/gres.conf"
+  { echo "# written by cxrbench .ci/slurm.sh"; echo "NodeName=$host Name=gpu File=/dev/null"; } >"$CONF/gres.conf"
 }
 
 up() {
@@ -95,6 +102,13 @@ down() {
   stop_pid "$STATE/slurmd.pid"
   stop_pid "$STATE/slurmctld.pid"
   stop_pid "$STATE/munged.pid"
+  for f in slurm.conf gres.conf; do
+    if [ -e "$STATE/$f.orig" ]; then
+      mv -f "$STATE/$f.orig" "$CONF/$f"
+    elif [ -e "$CONF/$f" ] && grep -q '^# written by cxrbench' "$CONF/$f"; then
+      rm -f "$CONF/$f"
+    fi
+  done
 }
 
 "${1:?usage: slurm.sh install|up|down}"
