@@ -91,6 +91,10 @@ def test_sync_after_the_whole_dag_commits_every_complete_stage_without_a_dry_run
     calls.clear()
     assert dvcsync.sync(tmp_path) == 0  # without it: asked, and Snakemake (here) says nothing is up to date
     assert calls == ["all", "pretrain_all"]
+    calls.clear()
+    (tmp_path / "missing").mkdir()  # every stage complete: dvc.yaml named once instead of each stage
+    assert dvcsync.sync(tmp_path, all_built=True) == 0
+    assert calls == [["dvc", "commit", "--quiet", "--force", "dvc.yaml"]]
 
 
 def test_overridden_keys_names_every_changed_leaf():

@@ -181,7 +181,9 @@ def _evaluate_batch(args: argparse.Namespace, templates: list[Any], resolved: di
 
 def _warm_up(args: argparse.Namespace, templates: list[Any], resolved: dict[str, Any]) -> None:
     """What every run of the chunk needs, loaded once before workers fork: the task modules, the stores and the
-    checkpoint (the forms its tasks use)."""
+    checkpoint in the form every task uses. The full model (text tower, decoder: ~2-3 s with the transformers import)
+    is loaded here only when every task of the chunk needs it; otherwise the worker that first runs such a task loads
+    it, while the other worker computes (serial start-up leaves one of the job's cores idle)."""
     import contextlib
 
     from cxrbench.evaluate import load_pretrained, needs_full_model, open_dataset
@@ -192,7 +194,7 @@ def _warm_up(args: argparse.Namespace, templates: list[Any], resolved: dict[str,
         with contextlib.suppress(Exception):  # what fails here fails again in its run, which reports it
             forms.add(needs_full_model(TASKS.get(t.task)(resolved[t.task])))
             open_dataset(_data_dir(args, t))
-    for full in sorted(forms):
+    for full in sorted(forms)[:1]:  # False (encoder only) when any task uses only the encoder
         with contextlib.suppress(Exception):
             load_pretrained(Path(args.ckpt), full=full)
 

@@ -28,6 +28,11 @@ import yaml
 DVCLIVE_DIR = "results/dvclive/pretrain"
 
 
+def all_stages(root: Path) -> list[str]:
+    """Names of the stages in ``root/dvc.yaml``."""
+    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+
+
 def complete_stages(root: Path) -> list[str]:
     """Names of the stages in ``root/dvc.yaml`` whose declared outputs (outs, metrics, plots) all exist."""
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
@@ -161,7 +166,10 @@ def sync(root: Path, *, force: bool = True, all_built: bool = False, overridden:
         stages = [s for s in complete if s != "report" and snakemake_up_to_date(root, PHASE_RULES[s])]
     if not stages:
         return 0
-    cmd = ["dvc", "commit", "--quiet", *(["--force"] if force else []), *stages]
+    # Every stage of dvc.yaml: named by the file, which DVC then loads once (6 stage names load dvc.yaml, params.yaml
+    # and dvc.lock once per name: 13.7 s against 8.8 s for the demo's 290 runs, measured)
+    targets = ["dvc.yaml"] if set(stages) == set(all_stages(root)) else stages
+    cmd = ["dvc", "commit", "--quiet", *(["--force"] if force else []), *targets]
     print("dvc-sync:", " ".join(cmd), file=sys.stderr)
     start = time.perf_counter()
     code = subprocess.run(cmd, cwd=root, check=False).returncode
