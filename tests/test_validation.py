@@ -97,6 +97,24 @@ def test_task_on_a_dataset_it_does_not_support(params):
     _rejects(bad, "evaluate.tasks.linear.datasets", "does not run on dataset 'nih'", "chexpert")
 
 
+def test_encoder_input_larger_than_a_store_it_reads(params):
+    bad = _set(_set(params, "pretrain.methods.g2d.image_size", 96), "data.datasets.rsna.image_size", 80)
+    line = _rejects(bad, "pretrain.methods.g2d.image_size", "96 px", "64 px: chexpert, covidx", "80 px: rsna",
+                    "expected at most 64")
+    assert "mimic" in line.split("80 px")[0]  # the pretraining corpus is a store the method reads too
+    fits = _set(_set(params, "data.image_size", 96), "pretrain.methods.g2d.image_size", 96)
+    config.validate_params(fits, source="p.yaml")  # a store of the method's size: nothing to upsample
+
+
+def test_task_input_larger_than_its_store(params):
+    bad = _set(params, "evaluate.tasks.segmentation.by_dataset", {"siim": {"image_size": 128}})
+    _rejects(bad, "evaluate.tasks.segmentation.by_dataset.siim.image_size", "128 px", "siim (64 px)")
+    bad = _set(params, "evaluate.tasks.linear.image_size", 72)
+    lines = [line for line in _lines(bad) if "key 'evaluate.tasks.linear.image_size'" in line]
+    assert len(lines) == 3 and all("72 px" in line for line in lines)  # chexpert, rsna and covidx: each named
+    assert sorted(re.search(r"store of (\w+)", line).group(1) for line in lines) == ["chexpert", "covidx", "rsna"]
+
+
 def test_matrix_fraction_never_prepared(params):
     bad = _set(params, "matrix.fractions", [1, 5, 100])
     _rejects(bad, "matrix.fractions", "fraction 5%", "never prepared")
@@ -170,7 +188,7 @@ def test_encoder_inputs_a_multiple_of_the_patch(params):
     bad = _set(params, "pretrain.methods.raddino.crops.local_size", 30)  # vit_tiny_patch16
     _rejects(bad, "pretrain.methods.raddino.crops.local_size", "not a multiple of 16")
     # a downstream size reaches a ViT padded to its patch (models/backbones.py): valid
-    config.validate_params(_set(params, "evaluate.tasks.linear.image_size", 72))
+    config.validate_params(_set(params, "evaluate.tasks.linear.image_size", 56))
 
 
 def test_derived_method_entry_is_checked_against_its_registered_method(params):

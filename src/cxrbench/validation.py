@@ -446,6 +446,61 @@ def check_matrix(params: Mapping[str, Any]) -> Iterator[Problem]:
                       f"{with_text}")
 
 
+def store_sizes(params: Mapping[str, Any]) -> dict[str, int]:
+    """Dataset -> the side its prepared store is written at (``data.datasets.<name>.image_size``, else
+    ``data.image_size``), for the datasets the matrix uses: the pretraining corpus and its tasks' datasets."""
+    datasets = _get(params, "data", "datasets", default={}) or {}
+    used = [_get(params, "pretrain", "dataset")]
+    for task in _get(params, "matrix", "tasks", default=[]) or []:
+        used += list(_get(params, "evaluate", "tasks", task, "datasets", default=[]) or [])
+    default = _get(params, "data", "image_size")
+    out = {}
+    for ds in used:
+        size = (datasets.get(ds) or {}).get("image_size", default) if ds in datasets else None
+        if isinstance(size, int):
+            out[ds] = size
+    return out
+
+
+def check_store_sizes(params: Mapping[str, Any]) -> Iterator[Problem]:
+    """No encoder input larger than a store it reads: the recipes would have to upsample (refused at run time, by
+    ``cxrbench.data.recipes``, after the pretraining it follows). A method's ``image_size`` against every store of
+    the matrix (pretraining corpus and evaluated datasets), a task's own ``image_size`` (also ``by_dataset``)
+    against its datasets' stores."""
+    stores = store_sizes(params)
+    if not stores:
+        return
+    for name in _get(params, "matrix", "methods", default=[]) or []:
+        section = _get(params, "pretrain", "methods", name)
+        if not isinstance(section, Mapping) or method_base(params, name) == "external":
+            continue  # released weights: the checkpoint's own processor config sets the size (checked at run time)
+        size = section.get("image_size")
+        if _has_presets() and method_base(params, name) in registered("methods"):
+            from cxrbench import config
+
+            try:
+                size = config.method_params(params, name).get("image_size")
+            except config.ParamsError:
+                continue  # reported by check_methods
+        small = sorted(ds for ds, side in stores.items() if isinstance(size, int) and size > side)
+        if small:
+            sides = sorted({stores[d] for d in small})
+            where = "; ".join(f"{side} px: {', '.join(d for d in small if stores[d] == side)}" for side in sides)
+            yield Problem(f"pretrain.methods.{name}.image_size",
+                          f"{size} px is larger than the prepared stores it reads ({where}); expected at most "
+                          f"{sides[0]}, or stores of at least {size} px (data.image_size)")
+    for task in _get(params, "matrix", "tasks", default=[]) or []:
+        section = _get(params, "evaluate", "tasks", task, default={}) or {}
+        for ds in section.get("datasets") or []:
+            override = _get(section, "by_dataset", ds, default={}) or {}
+            key = f"evaluate.tasks.{task}.by_dataset.{ds}.image_size" if "image_size" in override else \
+                f"evaluate.tasks.{task}.image_size"
+            size = override.get("image_size", section.get("image_size"))
+            if isinstance(size, int) and ds in stores and size > stores[ds]:
+                yield Problem(key, f"{size} px is larger than the prepared store of {ds} ({stores[ds]} px); "
+                              f"expected at most {stores[ds]}")
+
+
 def check_fractions(params: Mapping[str, Any]) -> Iterator[Problem]:
     """Every training fraction a run uses (100 % is the whole split) must be among the prepared ``data.fractions``."""
     prepared = set(params["data"]["fractions"]) | {100}
@@ -602,5 +657,5 @@ def check_scale(params: Mapping[str, Any]) -> Iterator[Problem]:
                       "for synthetic data")
 
 
-CHECKS = (check_methods, check_tasks, check_datasets, check_matrix, check_fractions, check_monitors,
+CHECKS = (check_methods, check_tasks, check_datasets, check_matrix, check_store_sizes, check_fractions, check_monitors,
           check_batches, check_scale)
