@@ -37,6 +37,8 @@ _G2D_COMMON: dict[str, Entry] = {
     "text.name_or_path": ("emilyalsentzer/Bio_ClinicalBERT", f"{G2D_CODE} PRETRAIN/config.yaml network.text_model"),
     "text.max_length": (256, f"{G2D_CODE} PRETRAIN/models/cnn_ae.py CNN_AE._tokenize (training: max_length=256)"),
     "text.freeze_layers": (9, f"{G2D_CODE} PRETRAIN/config.yaml network.free_layers (first 9 of 12 BERT layers)"),
+    "text.pooling": ("cls", f"{G2D_CODE} PRETRAIN/models/cnn_ae.py CNN_AE.forward: proj_t on every token's last "
+                            "hidden state, the report embedding is proj_text_emb[:, 0] (the [CLS] position)"),
     "embed_dim": (128, f"{G2D_CODE} PRETRAIN/config.yaml projection_head.projection_size"),
     "heads": (4, f"{G2D_CODE} PRETRAIN/config.yaml network.att_pool_head; the paper's 3 cannot divide 128"),
     "temperature": (0.07, f"{G2D_CODE} PRETRAIN/utils/loss.py clip_loss(temperature=0.07); paper: 0.07"),
@@ -124,6 +126,8 @@ _MFLAG_COMMON: dict[str, Entry] = {
                           f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert"),
     "text.max_length": (512, f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert._tokenize max_length=512"),
     "text.trust_remote_code": (True, f"{MFLAG_CODE} utils/utils_builder.py AutoModel(trust_remote_code=True)"),
+    "text.pooling": ("cls", f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert.forward: proj_t(text_emb[:, 0]), "
+                            "the last layer's [CLS]"),
     "proj_hidden": (2048, f"{MFLAG_CODE} utils/utils_builder.py ResNet_CXRBert.proj_v / proj_t"),
     "embed_dim": (1024, f"{MFLAG_CODE} utils/utils_builder.py proj_v / proj_t end at 1024 (config.yaml says 768)"),
     "off_diagonal_weight": (0.0051, f"{MFLAG_CODE} utils/utils_trainer.py trainer_wBert.orthogonal_loss"),

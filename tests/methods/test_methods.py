@@ -57,6 +57,32 @@ def test_mflag_text_tower_frozen_and_counts(tiny_batch, tiny_params, corpus):
     assert counts["frozen_fraction"] == pytest.approx(text_n / counts["total"])
 
 
+@pytest.mark.parametrize("name", ["g2d", "mflag"])
+def test_text_pooling_picks_the_reports_vector(name, tiny_params, corpus):
+    """text.pooling cls: the [CLS] position (G2D projects every token first, M-FLAG projects the [CLS] state);
+    mean: the mean over the real tokens only (the padding of a short report left out)."""
+    texts = [corpus[0], "no"]  # the second report is one word: most of its positions are padding
+    out = {}
+    for pooling in ("cls", "mean"):
+        p = {**tiny_params[name], "text": {**tiny_params[name]["text"], "pooling": pooling}}
+        module = METHODS.get(name)(p).build(corpus=corpus).eval()
+        with torch.no_grad():
+            t = module.text(texts)
+            n = t.attention_mask.sum(1)
+            if name == "g2d":
+                per_token = module.text_projector(t.tokens.transpose(1, 2)).transpose(1, 2)  # (B, L, D)
+                want = {"cls": per_token[:, 0],
+                        "mean": torch.stack([per_token[i, : int(n[i])].mean(0) for i in range(2)])}[pooling]
+            else:
+                state = {"cls": t.tokens[:, 0],
+                         "mean": torch.stack([t.tokens[i, : int(n[i])].mean(0) for i in range(2)])}[pooling]
+                want = module.text_projector(state)
+            out[pooling] = module.text_features(texts)
+        assert int(n[1]) < t.attention_mask.shape[1]  # padding present
+        torch.testing.assert_close(out[pooling], want)
+    assert not torch.allclose(out["cls"], out["mean"])
+
+
 def test_mflag_orth_batch_size_option(tiny_batch, tiny_params, corpus, monkeypatch):
     import cxrbench.methods.mflag as mflag_module
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxrbench.models.text import build_text_encoder, learn_wordpiece_vocab, train_wordpiece
+from cxrbench.models.text import build_text_encoder, learn_wordpiece_vocab, pool_tokens, train_wordpiece
 
 CORPUS = [
     "no acute cardiopulmonary process",
@@ -46,6 +46,39 @@ def test_text_output_mean_ignores_padding(minilm):
     out = minilm(["a b c d e f", "a"])
     n = int(out.attention_mask[1].sum())
     assert torch.allclose(out.mean()[1], out.tokens[1, :n].mean(0), atol=1e-6)
+
+
+def test_pool_tokens_by_hand():
+    values = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                           [[5.0, 6.0], [200.0, 200.0], [300.0, 300.0]]])  # (2, 3, 2); padding holds big values
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert pool_tokens(values, mask, "cls").tolist() == [[1.0, 2.0], [5.0, 6.0]]
+    assert pool_tokens(values, mask, "mean").tolist() == [[2.0, 3.0], [5.0, 6.0]]  # (1+3)/2, (2+4)/2; row 2 alone
+    with pytest.raises(ValueError, match="text.pooling must be one of"):
+        pool_tokens(values, mask, "max")
+    with pytest.raises(ValueError, match="text.pooling must be one of"):
+        build_text_encoder("minilm", max_length=16, pooling="first")
+
+
+def _mean_offdiagonal_cosine(v: torch.Tensor) -> float:
+    v = F.normalize(v.double(), dim=-1)
+    s = v @ v.t()
+    n = len(s)
+    return float((s.sum() - s.diag().sum()) / (n * n - n))
+
+
+def test_lower_minilm_layers_give_every_report_the_same_cls():
+    """Why the demo pools by the token mean (params.yaml, text.pooling): after MiniLM's first 2 layers, the [CLS]
+    state of different reports is nearly one vector, while their token means differ."""
+    reports = [r.capitalize() + "." for r in CORPUS[:5]] + ["Severe emphysema is present. No pleural effusion.",
+                                                            "There is moderate hiatal hernia. No pneumothorax."]
+    two = build_text_encoder("minilm", max_length=64, keep_layers=2, pooling="mean").eval()
+    with torch.no_grad():
+        out = two(reports)
+    assert out.pooling == "mean" and torch.equal(out.pooled(), out.mean())
+    assert 1 - _mean_offdiagonal_cosine(out.cls) < 1e-3  # measured ~1e-5
+    assert 1 - _mean_offdiagonal_cosine(out.pooled()) > 5e-2  # measured ~0.2
+    assert build_text_encoder("minilm", max_length=16).pooling == "cls"  # the papers' default
 
 
 def _trainable(enc):

@@ -51,6 +51,7 @@ from cxrbench.methods._common import (
     seeded,
 )
 from cxrbench.methods.pseudo_mask import pseudo_masks
+from cxrbench.models.text import pool_tokens
 from cxrbench.registry import METHODS
 
 SEG_LOSS_PAPER = {"dice_on_logits": False, "dice_smooth": 1.0, "dice_weight": 0.5, "bce_weight": 0.5}
@@ -172,8 +173,12 @@ class G2DModule(StepCounter):
         return out, pooled, attn, dense
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Every token projected (1x1 convs, BatchNorm over batch and tokens), then the report's vector under
+        ``text.pooling``: the projected [CLS] (``cls``, the paper's and the released code's) or the mean of the
+        real tokens' projections (``mean``)."""
         t = self.text(texts)
-        return self.text_projector(t.tokens.transpose(1, 2))[:, :, 0]
+        proj = self.text_projector(t.tokens.transpose(1, 2))  # (B, D, L)
+        return pool_tokens(proj.transpose(1, 2), t.attention_mask, t.pooling)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         view, x = self.input(batch_images(batch, self), self.step, batch.get("row"))

@@ -65,8 +65,8 @@ class MFLAGModule(StepCounter):
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            cls = self.text(texts).cls
-        return self.text_projector(cls)
+            pooled = self.text(texts).pooled()  # [CLS] (paper, released code) or the token mean: text.pooling
+        return self.text_projector(pooled)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         _, x = self.input(batch_images(batch, self), self.step, batch.get("row"))
