@@ -28,14 +28,15 @@ import yaml
 DVCLIVE_DIR = "results/dvclive/pretrain"
 
 
-def all_stages(root: Path) -> list[str]:
-    """Names of the stages in ``root/dvc.yaml``."""
-    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+def all_stages(root: Path) -> dict[str, dict]:
+    """The stages of ``root/dvc.yaml``, by name."""
+    return dict(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
 
 
-def complete_stages(root: Path) -> list[str]:
-    """Names of the stages in ``root/dvc.yaml`` whose declared outputs (outs, metrics, plots) all exist."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+def complete_stages(root: Path, stages: dict[str, dict] | None = None) -> list[str]:
+    """Names of the stages in ``root/dvc.yaml`` (or ``stages``, as :func:`all_stages` read them) whose declared
+    outputs (outs, metrics, plots) all exist."""
+    stages = all_stages(root) if stages is None else stages
     done = []
     for name, stage in stages.items():
         paths = []
@@ -159,7 +160,8 @@ def sync(root: Path, *, force: bool = True, all_built: bool = False, overridden:
               "would record params.yaml's values for outputs built with others; put the values in params.yaml "
               "(python -m cxrbench use-params FILE) to have a run recorded", file=sys.stderr)
         return 0
-    complete = [s for s in complete_stages(root) if s in PHASE_RULES]
+    declared = all_stages(root)
+    complete = [s for s in complete_stages(root, declared) if s in PHASE_RULES]
     if all_built or snakemake_up_to_date(root, PHASE_RULES["report"]):  # the default target names every phase's outputs
         stages = complete
     else:
@@ -168,7 +170,7 @@ def sync(root: Path, *, force: bool = True, all_built: bool = False, overridden:
         return 0
     # Every stage of dvc.yaml: named by the file, which DVC then loads once (6 stage names load dvc.yaml, params.yaml
     # and dvc.lock once per name: 13.7 s against 8.8 s for the demo's 290 runs, measured)
-    targets = ["dvc.yaml"] if set(stages) == set(all_stages(root)) else stages
+    targets = ["dvc.yaml"] if set(stages) == set(declared) else stages
     cmd = ["dvc", "commit", "--quiet", *(["--force"] if force else []), *targets]
     print("dvc-sync:", " ".join(cmd), file=sys.stderr)
     start = time.perf_counter()

@@ -396,16 +396,18 @@ def check_monitors(params: Mapping[str, Any]) -> Iterator[Problem]:
                               f"expected one of {monitors}")
 
 
-def _method_backbone(params: Mapping[str, Any], name: str) -> Any:
+def _method_value(params: Mapping[str, Any], name: str, key: str) -> Any:
+    """``key`` of method entry ``name`` as its run resolves it (variant preset, shared engine, section); the
+    section's own value without presets; None when the entry cannot be resolved (reported by check_methods)."""
     section = _get(params, "pretrain", "methods", name, default={}) or {}
     if _has_presets() and method_base(params, name) in registered("methods"):
         from cxrbench import config
 
         try:
-            return config.method_params(params, name).get("backbone")
+            return config.method_params(params, name).get(key)
         except config.ParamsError:
-            return None  # reported by check_methods
-    return section.get("backbone")
+            return None
+    return section.get(key)
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -474,14 +476,7 @@ def check_store_sizes(params: Mapping[str, Any]) -> Iterator[Problem]:
         section = _get(params, "pretrain", "methods", name)
         if not isinstance(section, Mapping) or method_base(params, name) == "external":
             continue  # released weights: the checkpoint's own processor config sets the size (checked at run time)
-        size = section.get("image_size")
-        if _has_presets() and method_base(params, name) in registered("methods"):
-            from cxrbench import config
-
-            try:
-                size = config.method_params(params, name).get("image_size")
-            except config.ParamsError:
-                continue  # reported by check_methods
+        size = _method_value(params, name, "image_size")
         small = sorted(ds for ds, side in stores.items() if isinstance(size, int) and size > side)
         if small:
             sides = sorted({stores[d] for d in small})
